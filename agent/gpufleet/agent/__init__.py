@@ -1,0 +1,1 @@
+"""The gpufleet agent: runs on every GPU host."""

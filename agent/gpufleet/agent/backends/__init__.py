@@ -1,0 +1,1 @@
+"""GPU backends: NVML on real hosts, simulated everywhere else. See base.py for the contract."""

@@ -1,0 +1,1 @@
+"""Enforcement of GPU sharing: memory limits (MPS + NVML watchdog), time-slicing, MIG."""

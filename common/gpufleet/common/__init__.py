@@ -1,0 +1,1 @@
+"""Code shared by the agent, the coordinator and the CLI."""

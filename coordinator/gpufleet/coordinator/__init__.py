@@ -1,0 +1,1 @@
+"""The gpufleet coordinator: replicated control plane."""

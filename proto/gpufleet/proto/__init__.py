@@ -1,0 +1,1 @@
+"""gpufleet generated protobuf code (v1 API)."""

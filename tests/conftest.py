@@ -1,0 +1,11 @@
+"""Suite-wide fixtures. Sockets are limited to loopback for the whole suite (pytest-socket, see pyproject)."""
+
+from __future__ import annotations
+
+import os
+
+# never let a test reach a cloud metadata service or real cloud credentials by accident
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:9")
+os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:9")
+os.environ.setdefault("NO_GCE_CHECK", "True")
