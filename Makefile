@@ -65,9 +65,11 @@ sim: $(STAMP)
 	$(BIN)/gpufleet sim generate --out /tmp/gpufleet-sim && \
 	$(BIN)/gpufleet sim --cluster /tmp/gpufleet-sim/cluster.json --jobs /tmp/gpufleet-sim/jobs.jsonl --out /tmp/gpufleet-sim/result.json
 
+# Benchmarks print tables with ratios against baselines measured in the same run (BENCH_ARGS=--quick for less).
+BENCH_ARGS ?=
 bench: $(STAMP)
-	@for b in bench/control_plane.py bench/scheduler.py bench/agent.py bench/autoscaler.py; do \
-	  test -f $$b && $(PY) $$b || true; done
+	@set -e; for b in control_plane scheduler agent autoscaler; do \
+	  echo "== bench/$$b.py"; $(PY) bench/$$b.py $(BENCH_ARGS); done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
