@@ -1,0 +1,176 @@
+"""One conformance suite for every ``CloudProvider`` (providers/base.py): fake, aws (boto3 on a moto server),
+gcp (google-cloud-compute REST on a loopback fake), azure (azure-mgmt-compute on a loopback fake).
+
+Each harness says how to make its cloud answer a capacity or quota error on the next launch; the tests are the
+same for all. Only 127.0.0.1 is ever reached.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from gpufleet.common.errors import InsufficientCapacityError, InvalidInputError, QuotaExceededError
+from gpufleet.coordinator.providers.base import (
+    TAG_MANAGED,
+    TAG_POOL,
+    Capability,
+    CloudProvider,
+    InstanceState,
+    LaunchRequest,
+)
+from tests.fakes import aws as aws_fake  # sets MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION before moto loads
+
+ErrorKind = Literal["capacity", "quota"]
+
+
+@dataclass
+class Harness:
+    provider: CloudProvider
+    region: str
+    instance_type: str
+    unknown_type: str
+    inject: Callable[[ErrorKind], None]
+
+
+# ---------------------------------------------------------------- harness builders
+
+
+def _fake_harness() -> Harness:
+    from gpufleet.common.errors import InsufficientCapacityError as Cap
+    from gpufleet.common.errors import QuotaExceededError as Quota
+    from gpufleet.coordinator.providers.fake import FakeProvider
+
+    p = FakeProvider()
+
+    def inject(kind: ErrorKind) -> None:
+        p.fail_next(Cap("injected capacity") if kind == "capacity" else Quota("injected quota"))
+
+    return Harness(p, "local-a", "sim-l4x1", "sim-nonexistent", inject)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    with aws_fake.moto_server() as url:
+        yield url
+
+
+def _aws_harness(endpoint: str) -> Harness:
+    from gpufleet.coordinator.providers.aws import AwsClientSettings, AwsProvider, AwsRegionSettings
+
+    p = AwsProvider(
+        {"us-east-1": AwsRegionSettings(image_id="ami-12c6146b")},
+        AwsClientSettings(endpoint_url=endpoint, access_key_id="testing", secret_access_key="testing"),
+    )
+
+    def inject(kind: ErrorKind) -> None:
+        code = "InsufficientInstanceCapacity" if kind == "capacity" else "InstanceLimitExceeded"
+        aws_fake.inject_error(p.client("us-east-1"), code, status=500 if kind == "capacity" else 400)
+
+    return Harness(p, "us-east-1", "g6.xlarge", "g99.superlarge", inject)
+
+
+PROVIDERS = ["fake", "aws"]
+
+
+@pytest.fixture(params=PROVIDERS)
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    kind = request.param
+    if kind == "fake":
+        h = _fake_harness()
+    elif kind == "aws":
+        h = _aws_harness(request.getfixturevalue("moto_endpoint"))
+    else:
+        raise AssertionError(kind)
+    try:
+        yield h
+    finally:
+        await h.provider.close()
+
+
+def _req(h: Harness, *, pool: str, count: int = 1, spot: bool = False, token: str | None = None) -> LaunchRequest:
+    return LaunchRequest(
+        instance_type=h.instance_type,
+        region=h.region,
+        token=token or uuid.uuid4().hex,
+        count=count,
+        spot=spot,
+        user_data="#cloud-config\nruncmd: [echo hello]\n",
+        tags={TAG_POOL: pool},
+    )
+
+
+# ---------------------------------------------------------------- the suite
+
+
+async def test_launch_on_demand_is_listed_with_our_tags(harness: Harness) -> None:
+    pool = "p" + uuid.uuid4().hex[:8]
+    launched = await harness.provider.launch(_req(harness, pool=pool, count=2))
+    assert len(launched) == 2
+    listed = await harness.provider.list_instances({TAG_POOL: pool})
+    assert {i.cloud_id for i in listed} == {i.cloud_id for i in launched}
+    for inst in listed:
+        assert inst.instance_type == harness.instance_type
+        assert inst.region == harness.region
+        assert not inst.spot
+        assert inst.tags[TAG_MANAGED] == "true" and inst.tags[TAG_POOL] == pool
+        assert inst.state in (InstanceState.PENDING, InstanceState.RUNNING)
+
+
+async def test_launch_spot(harness: Harness) -> None:
+    assert Capability.SPOT in harness.provider.capabilities()
+    pool = "p" + uuid.uuid4().hex[:8]
+    await harness.provider.launch(_req(harness, pool=pool, spot=True))
+    (inst,) = await harness.provider.list_instances({TAG_POOL: pool})
+    assert inst.spot
+
+
+async def test_relaunch_with_same_token_creates_no_duplicate(harness: Harness) -> None:
+    pool = "p" + uuid.uuid4().hex[:8]
+    token = uuid.uuid4().hex
+    first = await harness.provider.launch(_req(harness, pool=pool, count=2, token=token))
+    second = await harness.provider.launch(_req(harness, pool=pool, count=2, token=token))
+    assert {i.cloud_id for i in second} == {i.cloud_id for i in first}
+    assert len(await harness.provider.list_instances({TAG_POOL: pool})) == 2
+
+
+async def test_list_filters_by_tags(harness: Harness) -> None:
+    a, b = "a" + uuid.uuid4().hex[:8], "b" + uuid.uuid4().hex[:8]
+    (ia,) = await harness.provider.launch(_req(harness, pool=a))
+    (ib,) = await harness.provider.launch(_req(harness, pool=b))
+    assert [i.cloud_id for i in await harness.provider.list_instances({TAG_POOL: a})] == [ia.cloud_id]
+    assert [i.cloud_id for i in await harness.provider.list_instances({TAG_POOL: b})] == [ib.cloud_id]
+    every = {i.cloud_id for i in await harness.provider.list_instances()}
+    assert {ia.cloud_id, ib.cloud_id} <= every
+
+
+async def test_terminate_is_idempotent(harness: Harness) -> None:
+    pool = "p" + uuid.uuid4().hex[:8]
+    (keep, gone) = await harness.provider.launch(_req(harness, pool=pool, count=2))
+    await harness.provider.terminate([gone.cloud_id])
+    await harness.provider.terminate([gone.cloud_id])  # already gone: no error
+    live = [i for i in await harness.provider.list_instances({TAG_POOL: pool}) if i.state != InstanceState.TERMINATED]
+    assert [i.cloud_id for i in live] == [keep.cloud_id]
+
+
+async def test_capacity_error_is_typed(harness: Harness) -> None:
+    harness.inject("capacity")
+    with pytest.raises(InsufficientCapacityError):
+        await harness.provider.launch(_req(harness, pool="cap"))
+
+
+async def test_quota_error_is_typed(harness: Harness) -> None:
+    harness.inject("quota")
+    with pytest.raises(QuotaExceededError):
+        await harness.provider.launch(_req(harness, pool="quota"))
+
+
+async def test_unknown_instance_type_is_invalid_input(harness: Harness) -> None:
+    req = _req(harness, pool="bad")
+    bad = LaunchRequest(instance_type=harness.unknown_type, region=req.region, token=req.token, tags=req.tags)
+    with pytest.raises(InvalidInputError):
+        await harness.provider.launch(bad)
