@@ -24,6 +24,7 @@ from gpufleet.coordinator.providers.base import (
     LaunchRequest,
 )
 from tests.fakes import aws as aws_fake  # sets MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION before moto loads
+from tests.fakes.gce import FakeGce
 
 ErrorKind = Literal["capacity", "quota"]
 
@@ -74,7 +75,35 @@ def _aws_harness(endpoint: str) -> Harness:
     return Harness(p, "us-east-1", "g6.xlarge", "g99.superlarge", inject)
 
 
-PROVIDERS = ["fake", "aws"]
+@pytest.fixture(scope="module")
+def gce() -> Iterator[FakeGce]:
+    from gpufleet.coordinator.providers.catalog import load_builtin
+
+    machine_types = {t.extra.get("machine_type", t.name) for t in load_builtin("gcp").types.values()}
+    server = FakeGce(machine_types)
+    server.http.start()
+    try:
+        yield server
+    finally:
+        server.http.stop()
+
+
+def _gcp_harness(gce: FakeGce) -> Harness:
+    from gpufleet.coordinator.providers.gcp import GcpClientSettings, GcpProvider, GcpRegionSettings
+
+    p = GcpProvider(
+        "test-project",
+        {"us-central1": GcpRegionSettings(zones=("us-central1-a",))},
+        GcpClientSettings(api_endpoint=gce.http.url, anonymous=True),
+    )
+
+    def inject(kind: ErrorKind) -> None:
+        gce.fail_next_insert("ZONE_RESOURCE_POOL_EXHAUSTED" if kind == "capacity" else "QUOTA_EXCEEDED")
+
+    return Harness(p, "us-central1", "g2-standard-4", "g9-imaginary-4", inject)
+
+
+PROVIDERS = ["fake", "aws", "gcp"]
 
 
 @pytest.fixture(params=PROVIDERS)
@@ -84,6 +113,8 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         h = _fake_harness()
     elif kind == "aws":
         h = _aws_harness(request.getfixturevalue("moto_endpoint"))
+    elif kind == "gcp":
+        h = _gcp_harness(request.getfixturevalue("gce"))
     else:
         raise AssertionError(kind)
     try:
@@ -174,3 +205,21 @@ async def test_unknown_instance_type_is_invalid_input(harness: Harness) -> None:
     bad = LaunchRequest(instance_type=harness.unknown_type, region=req.region, token=req.token, tags=req.tags)
     with pytest.raises(InvalidInputError):
         await harness.provider.launch(bad)
+
+
+# ---------------------------------------------------------------- what each cloud was actually asked for
+
+
+async def test_gcp_request_carries_accelerators_spot_labels_and_user_data(gce: FakeGce) -> None:
+    h = _gcp_harness(gce)
+    try:
+        pool = "p" + uuid.uuid4().hex[:8]
+        (inst,) = await h.provider.launch(_req(h, pool=pool, spot=True))
+        zone, name = inst.cloud_id.split("/")
+        body = gce.instances[("test-project", zone, name)]
+        assert body["guestAccelerators"][0]["acceleratorType"].endswith("/nvidia-l4")
+        assert body["scheduling"]["provisioningModel"] == "SPOT"
+        assert body["labels"][TAG_POOL] == pool
+        assert body["metadata"]["items"][0]["value"].startswith("#cloud-config")
+    finally:
+        await h.provider.close()

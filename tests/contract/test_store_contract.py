@@ -20,11 +20,11 @@ from gpufleet.coordinator.store import (
     WatchEvent,
     open_store,
 )
-from tests.helpers.etcd_server import EtcdServer, etcd_server  # noqa: F401  (module-scoped fixture)
+from tests.helpers.etcd_server import EtcdServer
 
 pytestmark = pytest.mark.timeout(60)
 
-IMPLEMENTATIONS = ["embedded"]
+IMPLEMENTATIONS = ["embedded", "etcd"]
 _counter = itertools.count()
 
 

@@ -77,7 +77,7 @@ def open_store(url: str, state_dir: Path) -> ClusterStore:
         from .embedded import EmbeddedStore
 
         return EmbeddedStore(parsed.path or Path(state_dir) / "store.db")
-    from .etcd import EtcdStore  # type: ignore[import-untyped, unused-ignore]  # etcd.py lands next
+    from .etcd import EtcdStore
 
     store: ClusterStore = EtcdStore(list(parsed.endpoints))
     return store
