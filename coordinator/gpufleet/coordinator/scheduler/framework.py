@@ -1,0 +1,111 @@
+"""The plugin framework: :class:`Profile` (ordered plugin lists), :class:`CycleState`, :class:`Candidates`.
+
+Plugins work on vectors, never one node at a time: a filter narrows the boolean masks in
+:class:`Candidates` (nodes ``(n,)`` and GPUs ``(n, G)``) and returns a :class:`Result`; a score plugin gets
+the surviving options (a node, or a node and GPU column for single-GPU requests) as index arrays and returns
+one integer per option in ``0..MAX_SCORE``. Order matters and is stated next to each list in
+:data:`DEFAULT_PROFILE` (see ``scheduler/profiles.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from gpufleet.coordinator.scheduler.config import SchedulerConfig
+from gpufleet.coordinator.scheduler.mix import MixClasses
+from gpufleet.coordinator.scheduler.request import Request
+from gpufleet.coordinator.scheduler.state import ClusterState
+from gpufleet.coordinator.scheduler.types import MAX_SCORE, Result
+
+B = npt.NDArray[np.bool_]
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(slots=True)
+class CycleState:
+    """What one ``schedule`` call shares between plugins."""
+
+    state: ClusterState
+    config: SchedulerConfig
+    now_ms: int
+    mix: MixClasses
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Candidates:
+    node: B  # (n,) nodes still possible
+    gpu: B | None = None  # (n, G) GPUs still possible (None: the request needs no GPU)
+    need_mib: I64 | None = None  # (n, G) GPU memory the request needs on each GPU
+    eliminated: list[tuple[str, int]] = field(default_factory=list)  # (why, how many nodes) per filter
+    near_miss: str = ""  # e.g. "the best node has 1 free"
+
+    def narrow(self, keep: B | np.bool_, why: str) -> int:
+        """Drop nodes not in ``keep``; remember how many were dropped and why. Returns how many remain."""
+        before = int(self.node.sum())
+        np.logical_and(self.node, keep, out=self.node)
+        after = int(self.node.sum())
+        if before > after:
+            self.eliminated.append((why, before - after))
+        return after
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Placement options to score: node slots, and a GPU column each (-1: the GPUs are picked afterwards)."""
+
+    node: I64
+    col: I64
+
+    def __len__(self) -> int:
+        return len(self.node)
+
+
+class PreFilterPlugin(Protocol):
+    name: ClassVar[str]
+
+    def pre_filter(self, cycle: CycleState, req: Request) -> Result: ...
+
+
+class FilterPlugin(Protocol):
+    name: ClassVar[str]
+
+    def filter(self, cycle: CycleState, req: Request, cand: Candidates) -> Result: ...
+
+
+class ScorePlugin(Protocol):
+    name: ClassVar[str]
+
+    def score(self, cycle: CycleState, req: Request, opts: Options) -> I64: ...
+
+
+class PermitPlugin(Protocol):
+    name: ClassVar[str]
+
+    def permit(self, cycle: CycleState, req: Request, reserved_members: int) -> Result: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    pre_filter: tuple[PreFilterPlugin, ...]
+    filter: tuple[FilterPlugin, ...]
+    score: tuple[tuple[ScorePlugin, int], ...]
+    permit: tuple[PermitPlugin, ...] = ()
+
+
+def normalize(raw: npt.NDArray[np.float64] | I64, higher_is_better: bool = True) -> I64:
+    """Min-max scale to integers 0..MAX_SCORE (all equal -> all MAX_SCORE)."""
+    if raw.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo, hi = float(raw.min()), float(raw.max())
+    if hi - lo < 1e-12:
+        return np.full(raw.shape, MAX_SCORE, dtype=np.int64)
+    scaled = (raw - lo) / (hi - lo)
+    if not higher_is_better:
+        scaled = 1.0 - scaled
+    return np.rint(scaled * MAX_SCORE).astype(np.int64)

@@ -1,0 +1,77 @@
+"""Plan a MIG re-layout when no free slice of a profile exists.
+
+Candidates are healthy MIG-enabled GPUs of a model offering the profile on nodes that pass the other filters.
+Slices in use are never touched: the new layout keeps them, adds the requested profile at the first start the
+placement rules allow, and keeps as many of the free slices as still fit. Cost = 1 (the operation) + free
+slices destroyed; the cheapest wins, then the fullest GPU (packing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpufleet.common import gpu_models
+from gpufleet.common.errors import InvalidInputError
+from gpufleet.common.gpu_models import PlacedInstance
+from gpufleet.coordinator.scheduler.framework import B
+from gpufleet.coordinator.scheduler.plugins.mig import models_with_profile
+from gpufleet.coordinator.scheduler.request import Request
+from gpufleet.coordinator.scheduler.state import ClusterState
+
+
+@dataclass(frozen=True, slots=True)
+class RelayoutChoice:
+    node: int
+    col: int
+    profiles: list[str]
+    cost: int
+
+
+def _compatible(placed: list[PlacedInstance], cand: PlacedInstance) -> bool:
+    used = {s for p in placed for s in p.slices}
+    if used.intersection(cand.slices):
+        return False
+    if sum(p.profile.compute_slices for p in placed) + cand.profile.compute_slices > gpu_models.MIG_COMPUTE_SLICES:
+        return False
+    same = sum(1 for p in placed if p.profile.name == cand.profile.name)
+    return same < cand.profile.max_instances
+
+
+def plan(state: ClusterState, req: Request, node_mask: B) -> RelayoutChoice | None:
+    n = state.n
+    models = models_with_profile(req.mig_profile, req.models)
+    ids = [state.models.ids[m] for m in models if m in state.models.ids]
+    gpus = state.g_valid[:n] & state.g_mig[:n] & state.g_healthy[:n] & ~state.g_blocked[:n]
+    gpus &= np.isin(state.g_model[:n], ids) & node_mask[:, None]
+    best: tuple[tuple[int, int, int, int], RelayoutChoice] | None = None
+    for flat in np.flatnonzero(gpus):
+        i, col = divmod(int(flat), state.G)
+        model = gpu_models.MODELS.get(state.models.names[int(state.g_model[i, col])])
+        if model is None:
+            continue
+        slots = state.mig_slots[i][col]
+        used: list[PlacedInstance] = []
+        free: list[PlacedInstance] = []
+        for s in slots:
+            try:
+                inst = PlacedInstance(model.profile(s.profile), s.start)
+            except InvalidInputError:
+                continue
+            (used if s.used else free).append(inst)
+        start = gpu_models.find_start(model, used, req.mig_profile)
+        if start is None:
+            continue
+        layout = [*used, PlacedInstance(model.profile(req.mig_profile), start)]
+        kept = 0
+        for f in sorted(free, key=lambda p: p.start):
+            if _compatible(layout, f):
+                layout.append(f)
+                kept += 1
+        cost = 1 + len(free) - kept
+        choice = RelayoutChoice(i, col, [p.profile.name for p in sorted(layout, key=lambda p: p.start)], cost)
+        key = (cost, -len(used), i, col)
+        if best is None or key < best[0]:
+            best = (key, choice)
+    return best[1] if best else None

@@ -1,0 +1,92 @@
+"""The recent mix of GPU requests, the "target workload" of fragmentation scoring (FGD, Weng et al. ATC'23).
+
+Requests are bucketed into classes: a fraction rounds up to a multiple of :data:`STEP` milli (its threshold:
+a GPU with less free than that cannot host it), whole-GPU requests are classed by GPU count. Each class keeps
+a count and its CPU demand; :meth:`WorkloadMix.classes` gives numpy vectors (threshold, gpus, cpu, weight)
+for the vectorized fragmentation score. The mix is kept incrementally by :class:`ClusterState` from bound
+jobs, so it is part of the snapshot and scheduling stays a pure function of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+STEP = 50
+THRESHOLDS = np.arange(STEP, 1000 + STEP, STEP, dtype=np.int64)  # 50, 100, ..., 1000
+MAX_CLASSES = 16
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+
+
+def threshold_column(milli_per_gpu: int) -> int:
+    """Index in THRESHOLDS of the class of a request needing ``milli_per_gpu`` on one GPU."""
+    return min(len(THRESHOLDS) - 1, max(0, -(-milli_per_gpu // STEP) - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class MixClasses:
+    column: I64  # index into THRESHOLDS (per-GPU need)
+    threshold: I64  # milli a GPU must have free
+    gpus: I64  # whole GPUs needed on one node (0 for a fraction)
+    cpu: I64  # mean CPU millicores of the class
+    weight: F64  # popularity, sums to 1 (empty mix: no classes)
+
+    def __len__(self) -> int:
+        return len(self.weight)
+
+
+class WorkloadMix:
+    def __init__(self) -> None:
+        self._count: dict[tuple[int, int], int] = {}
+        self._cpu: dict[tuple[int, int], int] = {}
+        self._cached: MixClasses | None = None
+        self.total = 0
+
+    @staticmethod
+    def key(milli_per_gpu: int, gpus: int) -> tuple[int, int] | None:
+        if gpus <= 0 or milli_per_gpu <= 0:
+            return None
+        if milli_per_gpu < 1000:
+            return (threshold_column(milli_per_gpu), 0)
+        return (len(THRESHOLDS) - 1, gpus)
+
+    def add(self, milli_per_gpu: int, gpus: int, cpu_milli: int, sign: int = 1) -> None:
+        k = self.key(milli_per_gpu, gpus)
+        if k is None:
+            return
+        n = self._count.get(k, 0) + sign
+        if n <= 0:
+            self._count.pop(k, None)
+            self._cpu.pop(k, None)
+        else:
+            self._count[k] = n
+            self._cpu[k] = self._cpu.get(k, 0) + sign * cpu_milli
+        self.total = max(0, self.total + sign)
+        self._cached = None
+
+    def merged(self, other: WorkloadMix) -> WorkloadMix:
+        out = WorkloadMix()
+        for src in (self, other):
+            for k, n in src._count.items():
+                out._count[k] = out._count.get(k, 0) + n
+                out._cpu[k] = out._cpu.get(k, 0) + src._cpu.get(k, 0)
+            out.total += src.total
+        return out
+
+    def classes(self) -> MixClasses:
+        if self._cached is None:
+            top = sorted(self._count.items(), key=lambda kv: -kv[1])[:MAX_CLASSES]
+            total = sum(n for _, n in top) or 1
+            col = np.array([k[0] for k, _ in top], dtype=np.int64)
+            self._cached = MixClasses(
+                column=col,
+                threshold=THRESHOLDS[col] if len(col) else np.zeros(0, dtype=np.int64),
+                gpus=np.array([k[1] for k, _ in top], dtype=np.int64),
+                cpu=np.array([self._cpu.get(k, 0) // max(1, n) for k, n in top], dtype=np.int64),
+                weight=np.array([n / total for _, n in top], dtype=np.float64),
+            )
+        return self._cached

@@ -1,0 +1,1 @@
+"""Scheduler plugins, one small module each (filter, score, pre-filter and permit stages)."""

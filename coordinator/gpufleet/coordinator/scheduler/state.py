@@ -1,0 +1,520 @@
+"""ClusterState: the scheduler's incremental view of free capacity, kept in numpy arrays.
+
+Rows are node slots, columns GPU positions on the node (padded; ``g_valid`` masks real GPUs). Every change is
+local: ``upsert_node`` rewrites one row, ``bind``/``unbind`` adjust the rows a job touches, so a cycle never
+rebuilds a snapshot. Plugins read the arrays directly as vectors over all nodes/GPUs.
+
+In-cycle reservations go through :meth:`reserve` and are undone by :meth:`rollback`, which is how
+``Scheduler.schedule`` stays pure: the state is exactly as it was when the plan comes back; the coordinator
+binds what it commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+
+import numpy as np
+import numpy.typing as npt
+
+from gpufleet.common import gpu_models
+from gpufleet.common.errors import InvalidInputError
+from gpufleet.coordinator.scheduler.mix import THRESHOLDS, WorkloadMix
+from gpufleet.coordinator.scheduler.request import MILLI, Request, request_from_job
+from gpufleet.proto.v1 import types_pb2 as pb
+
+I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
+B = npt.NDArray[np.bool_]
+
+PRICE_LABELS = ("gpufleet.io/price-micros-per-gpu-hour", "price_micros")
+PRICE_DOLLAR_LABELS = ("gpufleet.io/price", "price")
+
+
+@dataclass(slots=True)
+class MigSlot:
+    profile: str
+    uuid: str
+    gi_id: int
+    start: int
+    size: int
+    memory_mib: int
+    used: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceUse:
+    col: int  # GPU column on the node
+    milli: int
+    mib: int
+    mig_uuid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Alloc:
+    node: str
+    devices: tuple[DeviceUse, ...]
+    cpu_milli: int
+    memory_mib: int
+
+
+@dataclass(slots=True)
+class BoundJob:
+    job: pb.Job
+    allocs: list[Alloc]
+    team: str
+    milli: int
+    model_milli: dict[str, int] = field(default_factory=dict)
+    mix_key: tuple[int, int, int] = (0, 0, 0)  # (milli_per_gpu, gpus, cpu) added to the mix
+
+
+def _price_micros(labels: dict[str, str]) -> int:
+    for k in PRICE_LABELS:
+        if k in labels:
+            try:
+                return int(labels[k])
+            except ValueError:
+                return -1
+    for k in PRICE_DOLLAR_LABELS:
+        if k in labels:
+            try:
+                return int(Decimal(labels[k]) * 1_000_000)
+            except InvalidOperation:
+                return -1
+    return -1
+
+
+@dataclass(frozen=True, slots=True)
+class _UndoAlloc:
+    alloc: Alloc
+    team: str
+    model_milli: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _UndoRelease:
+    bound: BoundJob
+
+
+@dataclass(frozen=True, slots=True)
+class _UndoBlock:
+    i: int
+    col: int
+
+
+class _Interner:
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.ids: dict[str, int] = {}
+
+    def id(self, name: str) -> int:
+        i = self.ids.get(name)
+        if i is None:
+            i = self.ids[name] = len(self.names)
+            self.names.append(name)
+        return i
+
+
+class ClusterState:
+    def __init__(self, node_capacity: int = 64, gpu_slots: int = 8) -> None:
+        self.n = 0  # high-water mark of node slots
+        self._cap = 0
+        self.G = gpu_slots
+        self.names: list[str] = []
+        self.index: dict[str, int] = {}
+        self.nodes: list[pb.Node | None] = []
+        self.gpu_index: list[list[int]] = []  # node slot -> column -> Gpu.index
+        self.gpu_uuid: list[list[str]] = []
+        self.nvlink: list[list[frozenset[int]]] = []  # node slot -> column -> peer columns
+        self.mig_slots: list[list[list[MigSlot]]] = []
+        self._free_slots: list[int] = []
+        self.models = _Interner()
+        self.regions = _Interner()  # "provider/region"
+        self.zones = _Interner()  # "provider/region/zone"
+        self.providers = _Interner()
+        self.jobs: dict[str, BoundJob] = {}
+        self.node_jobs: dict[str, set[str]] = {}
+        self.team_milli: dict[str, int] = {}
+        self.team_model_milli: dict[tuple[str, str], int] = {}
+        self.mix = WorkloadMix()
+        self.mig_free: dict[str, I64] = {}
+        self.version = 0  # bumps on every change; plugins may cache per version
+        self._undo: list[_UndoAlloc | _UndoRelease | _UndoBlock] | None = None
+        self._alloc_arrays(node_capacity, gpu_slots)
+
+    # ------------------------------------------------------------------ arrays
+    def _alloc_arrays(self, cap: int, g: int) -> None:
+        old = self._cap
+        oldg = self.G if old else g
+
+        def grow(a: npt.NDArray[np.generic] | None, shape: tuple[int, ...], fill: object) -> npt.NDArray[np.generic]:
+            dtype = a.dtype if a is not None else np.int64
+            out = np.full(shape, fill, dtype=dtype)
+            if a is not None:
+                if a.ndim == 1:
+                    out[: a.shape[0]] = a
+                else:
+                    out[: a.shape[0], : a.shape[1]] = a
+            return out
+
+        def mk2(name: str, dtype: type, fill: object) -> None:
+            a = getattr(self, name, None)
+            if a is None:
+                a = np.full((0, oldg), fill, dtype=dtype)
+            setattr(self, name, grow(a, (cap, g), fill))
+
+        def mk1(name: str, dtype: type, fill: object) -> None:
+            a = getattr(self, name, None)
+            if a is None:
+                a = np.full((0,), fill, dtype=dtype)
+            setattr(self, name, grow(a, (cap,), fill))
+
+        mk2("g_valid", np.bool_, False)
+        mk2("g_healthy", np.bool_, False)
+        mk2("g_mig", np.bool_, False)
+        mk2("g_blocked", np.bool_, False)  # held in this cycle (MIG re-layout target)
+        mk2("g_model", np.int32, -1)
+        mk2("g_numa", np.int32, 0)
+        mk2("g_total_mib", np.int64, 0)
+        mk2("g_free_milli", np.int64, 0)
+        mk2("g_free_mib", np.int64, 0)
+        mk1("n_alive", np.bool_, False)
+        mk1("n_ready", np.bool_, False)
+        mk1("n_spot", np.bool_, False)
+        mk1("n_region", np.int32, -1)
+        mk1("n_zone", np.int32, -1)
+        mk1("n_provider", np.int32, -1)
+        mk1("n_price", np.int64, -1)
+        mk1("n_cpu", np.int64, 0)
+        mk1("n_mem", np.int64, 0)
+        mk1("n_free_cpu", np.int64, 0)
+        mk1("n_free_mem", np.int64, 0)
+        mk1("n_gpus", np.int64, 0)
+        mk1("n_usable", np.int64, 0)  # healthy non-MIG GPUs
+        mk1("n_free_whole", np.int64, 0)  # usable GPUs with nothing on them
+        mk1("n_free_milli", np.int64, 0)  # sum of free milli on usable GPUs
+        mk1("n_max_frac", np.int64, 0)  # largest free milli on one usable GPU
+        mk1("n_model", np.int32, -1)  # the node's GPU model when uniform, else -2
+        sig = getattr(self, "n_sigma", None)
+        cols = len(THRESHOLDS)
+        new_sig = np.zeros((cap, cols), dtype=np.int64)
+        if sig is not None:
+            new_sig[: sig.shape[0]] = sig
+        self.n_sigma: I64 = new_sig  # per threshold t: free milli on usable GPUs with free < t
+        self._cap, self.G = cap, g
+        for prof in list(getattr(self, "mig_free", {})):
+            self.mig_free_array(prof)
+        while len(self.names) < cap:
+            self.names.append("")
+            self.nodes.append(None)
+            self.gpu_index.append([])
+            self.gpu_uuid.append([])
+            self.nvlink.append([])
+            self.mig_slots.append([])
+
+    # declared for mypy; set in _alloc_arrays
+    g_valid: B
+    g_healthy: B
+    g_mig: B
+    g_blocked: B
+    g_model: I32
+    g_numa: I32
+    g_total_mib: I64
+    g_free_milli: I64
+    g_free_mib: I64
+    n_alive: B
+    n_ready: B
+    n_spot: B
+    n_region: I32
+    n_zone: I32
+    n_provider: I32
+    n_price: I64
+    n_cpu: I64
+    n_mem: I64
+    n_free_cpu: I64
+    n_free_mem: I64
+    n_gpus: I64
+    n_usable: I64
+    n_free_whole: I64
+    n_free_milli: I64
+    n_max_frac: I64
+    n_model: I32
+
+    def _refresh(self, i: int) -> None:
+        usable = self.g_valid[i] & self.g_healthy[i] & ~self.g_mig[i]
+        free = np.where(usable, self.g_free_milli[i], 0)
+        self.n_usable[i] = int(usable.sum())
+        self.n_free_whole[i] = int(((free >= MILLI) & usable & ~self.g_blocked[i]).sum())
+        self.n_free_milli[i] = int(free.sum())
+        self.n_max_frac[i] = int(free.max()) if free.size else 0
+        self.n_sigma[i] = ((free[None, :] < THRESHOLDS[:, None]) * free[None, :]).sum(axis=1)
+        for arr in self.mig_free.values():
+            arr[i] = 0
+        for c, slots in enumerate(self.mig_slots[i]):
+            if self.g_blocked[i, c] or not self.g_healthy[i, c]:
+                continue
+            for s in slots:
+                if not s.used:
+                    self.mig_free_array(s.profile)[i, c] += 1
+        self.version += 1
+
+    def mig_free_array(self, profile: str) -> I64:
+        """(cap, G) count of free MIG slices of ``profile`` per GPU (created on first use)."""
+        arr = self.mig_free.get(profile)
+        if arr is None or arr.shape != (self._cap, self.G):
+            new = np.zeros((self._cap, self.G), dtype=np.int64)
+            if arr is not None:
+                new[: arr.shape[0], : arr.shape[1]] = arr
+            arr = self.mig_free[profile] = new
+        return arr
+
+    # ------------------------------------------------------------------ nodes
+    def upsert_node(self, node: pb.Node) -> None:
+        inv = node.inventory
+        name = inv.name
+        i = self.index.get(name)
+        if i is None:
+            if self._free_slots:
+                i = self._free_slots.pop()
+            else:
+                if self.n >= self._cap:
+                    self._alloc_arrays(max(64, self._cap * 2), self.G)
+                i = self.n
+                self.n += 1
+            self.index[name] = i
+            self.names[i] = name
+        if len(inv.gpus) > self.G:
+            self._alloc_arrays(self._cap, len(inv.gpus))
+        self.nodes[i] = node
+        g = len(inv.gpus)
+        for a in (self.g_valid, self.g_healthy, self.g_mig, self.g_blocked):
+            a[i] = False
+        self.g_model[i] = -1
+        self.g_total_mib[i] = 0
+        self.g_free_milli[i] = 0
+        self.g_free_mib[i] = 0
+        cols = list(range(g))
+        self.gpu_index[i] = [int(gpu.index) for gpu in inv.gpus]
+        self.gpu_uuid[i] = [gpu.uuid for gpu in inv.gpus]
+        col_of = {int(gpu.index): c for c, gpu in enumerate(inv.gpus)}
+        self.nvlink[i] = [frozenset(col_of[p] for p in gpu.nvlink_peers if p in col_of) for gpu in inv.gpus]
+        self.mig_slots[i] = []
+        models = set()
+        for c, gpu in zip(cols, inv.gpus, strict=True):
+            mid = self.models.id(gpu.model)
+            models.add(mid)
+            self.g_valid[i, c] = True
+            self.g_healthy[i, c] = bool(gpu.healthy)
+            self.g_mig[i, c] = gpu.mig_mode == pb.MIG_MODE_ENABLED
+            self.g_model[i, c] = mid
+            self.g_numa[i, c] = gpu.numa_node
+            mem = int(gpu.memory_mib) or gpu_models.MODELS.get(gpu.model, gpu_models.MODELS["T4"]).memory_mib
+            self.g_total_mib[i, c] = mem
+            self.g_free_milli[i, c] = MILLI
+            self.g_free_mib[i, c] = mem
+            self.mig_slots[i].append(
+                [
+                    MigSlot(
+                        m.profile, m.uuid, m.gi_id, m.placement_start, m.placement_size, m.memory_mib, bool(m.job_id)
+                    )
+                    for m in gpu.mig_instances
+                ]
+                if gpu.mig_mode == pb.MIG_MODE_ENABLED
+                else []
+            )
+        self.n_model[i] = next(iter(models)) if len(models) == 1 else (-1 if not models else -2)
+        self.n_alive[i] = True
+        self.n_ready[i] = node.state in (pb.NODE_STATE_READY, pb.NODE_STATE_UNSPECIFIED) and not node.cordoned
+        self.n_spot[i] = bool(inv.spot)
+        self.n_provider[i] = self.providers.id(inv.provider)
+        self.n_region[i] = self.regions.id(f"{inv.provider}/{inv.region}")
+        self.n_zone[i] = self.zones.id(f"{inv.provider}/{inv.region}/{inv.zone}")
+        self.n_price[i] = _price_micros(dict(inv.labels))
+        self.n_cpu[i] = self.n_free_cpu[i] = int(inv.cpu_milli)
+        self.n_mem[i] = self.n_free_mem[i] = int(inv.memory_mib)
+        self.n_gpus[i] = g
+        for job_id in self.node_jobs.get(name, ()):
+            for alloc in self.jobs[job_id].allocs:
+                if alloc.node == name:
+                    self._apply(alloc, +1)
+        self._refresh(i)
+
+    def remove_node(self, name: str) -> None:
+        i = self.index.pop(name, None)
+        if i is None:
+            return
+        self.names[i] = ""
+        self.nodes[i] = None
+        self.n_alive[i] = False
+        self.n_ready[i] = False
+        self.g_valid[i] = False
+        self.g_free_milli[i] = 0
+        self.g_free_mib[i] = 0
+        self.mig_slots[i] = []
+        self._refresh(i)
+        self._free_slots.append(i)
+
+    def node(self, name: str) -> pb.Node | None:
+        i = self.index.get(name)
+        return None if i is None else self.nodes[i]
+
+    def live_nodes(self) -> Iterator[int]:
+        return (int(i) for i in np.flatnonzero(self.n_alive[: self.n]))
+
+    # ------------------------------------------------------------------ accounting
+    def _apply(self, alloc: Alloc, sign: int) -> None:
+        i = self.index.get(alloc.node)
+        if i is None:
+            return
+        for d in alloc.devices:
+            if d.col >= int(self.n_gpus[i]):
+                continue
+            self.g_free_milli[i, d.col] -= sign * d.milli
+            self.g_free_mib[i, d.col] -= sign * d.mib
+            if d.mig_uuid:
+                for s in self.mig_slots[i][d.col]:
+                    if s.uuid == d.mig_uuid:
+                        s.used = sign > 0
+        self.n_free_cpu[i] -= sign * alloc.cpu_milli
+        self.n_free_mem[i] -= sign * alloc.memory_mib
+        self._refresh(i)
+
+    def _usage(self, team: str, model_milli: dict[str, int], sign: int) -> None:
+        for model, milli in model_milli.items():
+            if not milli:
+                continue
+            left = self.team_milli.get(team, 0) + sign * milli
+            if left:
+                self.team_milli[team] = left
+            else:
+                self.team_milli.pop(team, None)
+            key = (team, model)
+            left = self.team_model_milli.get(key, 0) + sign * milli
+            if left:
+                self.team_model_milli[key] = left
+            else:
+                self.team_model_milli.pop(key, None)
+
+    def allocs_from_assignments(self, job: pb.Job) -> tuple[list[Alloc], dict[str, int]]:
+        """Translate stored assignments to column-level uses (and milli per GPU model for quotas)."""
+        res = job.spec.resources
+        allocs: list[Alloc] = []
+        model_milli: dict[str, int] = {}
+        for ta in job.assignments:
+            i = self.index.get(ta.node)
+            devs: list[DeviceUse] = []
+            for d in ta.devices:
+                col = int(d.gpu_index)
+                model = ""
+                total = 0
+                if i is not None:
+                    idx = self.gpu_index[i]
+                    col = idx.index(d.gpu_index) if d.gpu_index in idx else int(d.gpu_index)
+                    if col < len(idx):
+                        model = self.models.names[int(self.g_model[i, col])]
+                        total = int(self.g_total_mib[i, col])
+                exclusive = d.mode == pb.SHARING_MODE_EXCLUSIVE
+                milli = int(d.gpu_milli) or (MILLI if exclusive or not d.mig_device_uuid else 0)
+                if d.mig_device_uuid and not d.gpu_milli:
+                    milli = 0
+                mib = int(d.gpu_memory_mib) or (total if exclusive else milli * total // MILLI)
+                devs.append(DeviceUse(col, milli, mib, d.mig_device_uuid))
+                model_milli[model] = model_milli.get(model, 0) + milli
+            allocs.append(Alloc(ta.node, tuple(devs), int(res.cpu_milli), int(res.memory_mib)))
+        return allocs, model_milli
+
+    def bind(self, job: pb.Job) -> None:
+        """Account a placed or running job (its ``assignments``). Binding again replaces the old account."""
+        if job.id in self.jobs:
+            self.unbind(job.id)
+        allocs, model_milli = self.allocs_from_assignments(job)
+        bound = BoundJob(job, allocs, job.spec.team, sum(model_milli.values()), model_milli)
+        try:
+            req: Request | None = request_from_job(job)
+        except InvalidInputError:
+            req = None
+        if req is not None and req.kind in ("fraction", "whole"):
+            bound.mix_key = (req.milli_per_gpu, req.gpus, req.cpu_milli)
+            self.mix.add(*bound.mix_key)
+        self.jobs[job.id] = bound
+        for a in allocs:
+            self.node_jobs.setdefault(a.node, set()).add(job.id)
+            self._apply(a, +1)
+        self._usage(bound.team, model_milli, +1)
+
+    def unbind(self, job_id: str) -> None:
+        bound = self.jobs.pop(job_id, None)
+        if bound is None:
+            return
+        for a in bound.allocs:
+            self._apply(a, -1)
+            s = self.node_jobs.get(a.node)
+            if s is not None:
+                s.discard(job_id)
+                if not s:
+                    del self.node_jobs[a.node]
+        self._usage(bound.team, bound.model_milli, -1)
+        if bound.mix_key[1]:
+            self.mix.add(*bound.mix_key, sign=-1)
+
+    # ------------------------------------------------------------------ in-cycle reservations
+    def begin(self) -> None:
+        self._undo = []
+
+    def reserve(self, alloc: Alloc, team: str, model_milli: dict[str, int]) -> None:
+        self._apply(alloc, +1)
+        self._usage(team, model_milli, +1)
+        if self._undo is not None:
+            self._undo.append(_UndoAlloc(alloc, team, model_milli))
+
+    def release(self, job_id: str) -> BoundJob | None:
+        """Tentatively free a bound job's resources (a preemption victim) until rollback."""
+        bound = self.jobs.get(job_id)
+        if bound is None:
+            return None
+        for a in bound.allocs:
+            self._apply(a, -1)
+        self._usage(bound.team, bound.model_milli, -1)
+        if self._undo is not None:
+            self._undo.append(_UndoRelease(bound))
+        return bound
+
+    def mark(self) -> int:
+        return len(self._undo) if self._undo is not None else 0
+
+    def block_gpu(self, i: int, col: int) -> None:
+        self.g_blocked[i, col] = True
+        self._refresh(i)
+        if self._undo is not None:
+            self._undo.append(_UndoBlock(i, col))
+
+    def rollback(self, to_mark: int | None = None) -> None:
+        """Undo in-cycle changes back to ``to_mark`` (None: all of them, and end the cycle)."""
+        undo = self._undo or []
+        start = 0 if to_mark is None else to_mark
+        tail = undo[start:]
+        del undo[start:]
+        if to_mark is None:
+            self._undo = None
+        for u in reversed(tail):
+            if isinstance(u, _UndoRelease):
+                for a in u.bound.allocs:
+                    self._apply(a, +1)
+                self._usage(u.bound.team, u.bound.model_milli, +1)
+            elif isinstance(u, _UndoAlloc):
+                self._apply(u.alloc, -1)
+                self._usage(u.team, u.model_milli, -1)
+            else:
+                self.g_blocked[u.i, u.col] = False
+                self._refresh(u.i)
+
+    # ------------------------------------------------------------------ summaries
+    def capacity_milli(self) -> int:
+        m = self.n_alive[: self.n]
+        return int(self.n_gpus[: self.n][m].sum()) * MILLI
+
+    def allocated_milli(self) -> int:
+        n = self.n
+        valid = self.g_valid[:n]
+        return int((MILLI - self.g_free_milli[:n])[valid].sum())
