@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,4 +107,18 @@ class GpuBackend(Protocol):
 
     def set_mig_mode(self, index: int, enabled: bool) -> None: ...
 
+    def job_env(self) -> dict[str, str]:
+        """Extra environment every job on this backend gets (the simulated backend: ``GPUFLEET_SIM_DIR``)."""
+        ...
+
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class GpuResetter(Protocol):
+    """Optional capability: reset an idle GPU so a pending MIG mode change takes effect.
+
+    The simulated backend has it; on real hosts an operator resets the GPU (``nvidia-smi -r``) or reboots.
+    """
+
+    def reset_gpu(self, index: int) -> None: ...
