@@ -32,7 +32,7 @@ def make_node(
     numa_per: int = 4,
     nvlink: bool = True,
     cordoned: bool = False,
-    state: int = pb.NODE_STATE_READY,
+    state: pb.NodeState.ValueType = pb.NODE_STATE_READY,
     labels: dict[str, str] | None = None,
 ) -> pb.Node:
     """A node with ``gpus`` GPUs of ``gpu_model``; the first ``len(mig_layouts)`` GPUs are MIG-enabled with
@@ -128,7 +128,7 @@ def make_job(
     started_ms: int = 0,
     regions: Sequence[str] = (),
     providers: Sequence[str] = (),
-    spot: int = pb.SPOT_POLICY_UNSPECIFIED,
+    spot: pb.SpotPolicy.ValueType = pb.SPOT_POLICY_UNSPECIFIED,
     max_price_micros: int = 0,
     spread: bool = False,
 ) -> pb.Job:
