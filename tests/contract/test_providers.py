@@ -24,6 +24,7 @@ from gpufleet.coordinator.providers.base import (
     LaunchRequest,
 )
 from tests.fakes import aws as aws_fake  # sets MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION before moto loads
+from tests.fakes.azure_compute import FakeAzureCompute
 from tests.fakes.gce import FakeGce
 
 ErrorKind = Literal["capacity", "quota"]
@@ -103,7 +104,49 @@ def _gcp_harness(gce: FakeGce) -> Harness:
     return Harness(p, "us-central1", "g2-standard-4", "g9-imaginary-4", inject)
 
 
-PROVIDERS = ["fake", "aws", "gcp"]
+class StaticToken:
+    """A dummy azure-core TokenCredential (never DefaultAzureCredential in tests)."""
+
+    def get_token(self, *scopes: str, **kwargs: object) -> object:
+        from azure.core.credentials import AccessToken
+
+        return AccessToken("fake-token", 4_102_444_800)
+
+
+@pytest.fixture(scope="module")
+def arm() -> Iterator[FakeAzureCompute]:
+    from gpufleet.coordinator.providers.catalog import load_builtin
+
+    server = FakeAzureCompute(set(load_builtin("azure").types))
+    server.http.start()
+    try:
+        yield server
+    finally:
+        server.http.stop()
+
+
+def _azure_harness(arm: FakeAzureCompute) -> Harness:
+    from gpufleet.coordinator.providers.azure import AzureClientSettings, AzureProvider, AzureRegionSettings
+
+    p = AzureProvider(
+        "00000000-0000-0000-0000-000000000000",
+        "gpufleet-test",
+        {"eastus": AzureRegionSettings(subnet_id="/subscriptions/x/subnets/default", image={"publisher": "Canonical"})},
+        AzureClientSettings(base_url=arm.http.url, credential=StaticToken(), allow_http=True, polling_interval_s=0),
+    )
+
+    def inject(kind: ErrorKind) -> None:
+        if kind == "capacity":
+            arm.fail_next_create("AllocationFailed")
+        else:
+            arm.reject_next_create(
+                409, "OperationNotAllowed", "Operation results in exceeding approved NCASv3_T4 Cores quota"
+            )
+
+    return Harness(p, "eastus", "Standard_NC4as_T4_v3", "Standard_ND9000_imaginary", inject)
+
+
+PROVIDERS = ["fake", "aws", "gcp", "azure"]
 
 
 @pytest.fixture(params=PROVIDERS)
@@ -115,6 +158,8 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         h = _aws_harness(request.getfixturevalue("moto_endpoint"))
     elif kind == "gcp":
         h = _gcp_harness(request.getfixturevalue("gce"))
+    elif kind == "azure":
+        h = _azure_harness(request.getfixturevalue("arm"))
     else:
         raise AssertionError(kind)
     try:
@@ -221,5 +266,32 @@ async def test_gcp_request_carries_accelerators_spot_labels_and_user_data(gce: F
         assert body["scheduling"]["provisioningModel"] == "SPOT"
         assert body["labels"][TAG_POOL] == pool
         assert body["metadata"]["items"][0]["value"].startswith("#cloud-config")
+    finally:
+        await h.provider.close()
+
+
+async def test_azure_request_is_spot_with_eviction_policy_and_polls_the_fake(arm: FakeAzureCompute) -> None:
+    h = _azure_harness(arm)
+    try:
+        polls_before = arm.polls
+        (inst,) = await h.provider.launch(_req(h, pool="azspot", spot=True))
+        vm = arm.vms[("gpufleet-test", inst.cloud_id)]
+        assert vm["properties"]["priority"] == "Spot"
+        assert vm["properties"]["evictionPolicy"] == "Delete"
+        assert vm["properties"]["billingProfile"]["maxPrice"] == -1
+        assert vm["properties"]["osProfile"]["customData"]  # base64 cloud-init
+        assert arm.polls >= polls_before + 2  # the LRO was polled on the fake
+    finally:
+        await h.provider.close()
+
+
+async def test_azure_failed_allocation_leaves_no_vm(arm: FakeAzureCompute) -> None:
+    h = _azure_harness(arm)
+    try:
+        h.inject("capacity")
+        req = _req(h, pool="azfail")
+        with pytest.raises(InsufficientCapacityError):
+            await h.provider.launch(req)
+        assert await h.provider.list_instances({TAG_POOL: "azfail"}) == []
     finally:
         await h.provider.close()

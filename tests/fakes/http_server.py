@@ -35,7 +35,7 @@ class JsonServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve  # noqa: N815
 
             def log_message(self, format: str, *args: Any) -> None:
                 return None
