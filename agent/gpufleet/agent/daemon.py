@@ -27,6 +27,7 @@ from gpufleet.agent.backends.registry import create_backend
 from gpufleet.agent.config import AgentSettings
 from gpufleet.agent.coordinator_client import CoordinatorClient
 from gpufleet.agent.enforcement import GpuSharing
+from gpufleet.agent.enforcement.memory import REASON as MEMORY_REASON
 from gpufleet.agent.jobs.manager import JobManager
 from gpufleet.agent.local_state import JobRecord, LocalState
 from gpufleet.common.clock import Clock, SystemClock
@@ -70,7 +71,7 @@ class AgentDaemon:
             extra_env=self.backend.job_env(),
             on_exit=self._job_exited,
         )
-        self.sharing = GpuSharing(self.backend, state_dir, settings.sharing, self.jobs.stop_job)
+        self.sharing = GpuSharing(self.backend, state_dir, settings.sharing, self._stop_job)
         self.jobs.sharing = self.sharing
         self.client = CoordinatorClient(settings.coordinators, self, settings.connection)
         self.address = settings.address or default_address()
@@ -146,6 +147,26 @@ class AgentDaemon:
             if removed:
                 log.info("removed logs of %d acknowledged job(s)", len(removed))
             await asyncio.sleep(3600)
+
+    async def _stop_job(self, job_id: str, reason: str, message: str) -> None:
+        """GpuSharing's enforcement callback: report the violation, then stop the job with that reason."""
+        if reason == MEMORY_REASON:
+            usage = self.sharing.job_usage(job_id)
+            try:
+                _pgid, devices = self.sharing.get_job(job_id)
+            except GpuFleetError:
+                devices = ()
+            self.client.send_event(
+                apb.AgentEvent(
+                    limit_exceeded=apb.LimitExceeded(
+                        job_id=job_id,
+                        gpu_index=devices[0].gpu_index if devices else 0,
+                        observed_mib=usage.used_mib if usage else 0,
+                        allowed_mib=usage.limit_mib if usage else 0,
+                    )
+                )
+            )
+        await self.jobs.stop_job(job_id, reason, message)
 
     def _job_exited(self, rec: JobRecord) -> None:
         log.info(

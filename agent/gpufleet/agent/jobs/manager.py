@@ -15,6 +15,7 @@ each job's environment and is told about each job's process group (attach/detach
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,8 @@ from gpufleet.common.clock import Clock, SystemClock
 from gpufleet.common.errors import GpuFleetError, InvalidInputError
 from gpufleet.proto.v1 import agent_pb2 as apb
 from gpufleet.proto.v1 import types_pb2 as pb
+
+log = logging.getLogger("gpufleet.agent.jobs")
 
 _STATE_PB = {
     STARTING: apb.LOCAL_JOB_STATE_STARTING,
@@ -104,7 +107,11 @@ class JobManager:
             adopted = self.runner.adopt(rec)
             self.records[(adopted.job_id, adopted.attempt)] = adopted
             if not adopted.finished:
-                self._attach(adopted)
+                try:
+                    self._attach(adopted)
+                except GpuFleetError as e:
+                    # keep it running (the coordinator decides); it just runs without enforcement
+                    log.warning("re-adopted job %s runs without GPU sharing enforcement: %s", adopted.job_id, e)
         return list(self.records.values())
 
     # ------------------------------------------------------------------ desired state
