@@ -1,0 +1,97 @@
+"""``LeaderRuntime``: the coordinator's own leader-only subsystem (a ``LeaderOnly``).
+
+On winning it loads the fleet view from the store, then runs the scheduling loop, the liveness checker, the
+desired-state pusher and the budget refresher; agents connect to it. On losing (or when a fenced write fails) it
+stops them, closes every agent session (agents reconnect and are redirected) and forgets the view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from gpufleet.common.errors import NotLeaderError, StoreError, UnavailableError
+from gpufleet.common.retry import RetryPolicy, retry_async
+from gpufleet.coordinator.state.costs import CostAccountant
+from gpufleet.coordinator.state.fleet import FleetView
+from gpufleet.coordinator.state.liveness import LivenessChecker
+from gpufleet.coordinator.state.scheduling import SchedulingLoop
+from gpufleet.coordinator.state.sessions import AgentSessions
+
+log = logging.getLogger(__name__)
+
+LOAD_RETRY = RetryPolicy(initial_s=0.1, max_interval_s=1.0)
+
+
+class LeaderRuntime:
+    def __init__(
+        self,
+        view: FleetView,
+        sessions: AgentSessions,
+        scheduling: SchedulingLoop,
+        liveness: LivenessChecker,
+        costs: CostAccountant,
+        budget_refresh_s: float,
+    ) -> None:
+        self.view = view
+        self.sessions = sessions
+        self.scheduling = scheduling
+        self.liveness = liveness
+        self.costs = costs
+        self.budget_refresh_s = budget_refresh_s
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
+        self.terms = 0
+
+    async def set_enabled(self, enabled: bool) -> None:
+        if enabled:
+            if self._task is None or self._task.done():
+                self.terms += 1
+                self._task = asyncio.create_task(self._lead(), name="leader-runtime")
+            return
+        self.ready.clear()
+        self.scheduling.stop()
+        self.sessions.close_all()
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            # not awaited: this may run inside one of the loops (a fenced write that found another leader)
+            task.cancel()
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+        self.view.clear()
+        log.info("leader-only loops stopped")
+
+    async def close(self) -> None:
+        """Stop everything and wait until the loops have ended (process shutdown)."""
+        await self.set_enabled(False)
+        for task in list(self._stopping):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def wait_ready(self, timeout_s: float = 10.0) -> None:
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout_s)
+        except TimeoutError:
+            raise UnavailableError("this replica is becoming the leader; retry in a moment") from None
+
+    async def _lead(self) -> None:
+        await retry_async(LOAD_RETRY, self.view.load, retry_on=(StoreError,))
+        self.scheduling.start()
+        self.liveness.start()
+        self.ready.set()
+        log.info("leading: %d jobs, %d nodes", len(self.view.jobs), len(self.view.nodes))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.scheduling.run(), name="scheduler")
+                tg.create_task(self.liveness.run(), name="liveness")
+                tg.create_task(self.sessions.run_pusher(), name="desired-state")
+                tg.create_task(self._budgets(), name="budgets")
+        except* NotLeaderError:
+            log.warning("lost leadership during a write; leader-only loops stop")
+
+    async def _budgets(self) -> None:
+        while True:
+            await self.costs.refresh()
+            await asyncio.sleep(self.budget_refresh_s)

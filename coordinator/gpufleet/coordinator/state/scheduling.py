@@ -1,0 +1,176 @@
+"""The leader's scheduling loop: keeps the scheduler's ClusterState in step with the fleet view, plans with
+``Scheduler.schedule`` and commits each plan through the fenced view.
+
+Cycles run on events (a job became PENDING, capacity was freed, a node changed) and on a periodic tick. A plan is
+committed in order (preemptions, then placements, then changed unplaced reasons), a few dozen jobs per txn, each
+job conditioned on the revision the plan saw; if a txn loses a race the rest of the plan is dropped and the loop
+plans again from the refreshed view. An unplaced job's reason is written only when it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from gpufleet.common import lifecycle as lc
+from gpufleet.common.clock import Clock
+from gpufleet.common.errors import GpuFleetError, NotLeaderError
+from gpufleet.coordinator.config import SchedulingConfig
+from gpufleet.coordinator.scheduler import ClusterState, Plan, Scheduler
+from gpufleet.coordinator.state import job_rules
+from gpufleet.coordinator.state.fleet import FleetView, copy_job
+from gpufleet.coordinator.state.sessions import AgentSessions
+from gpufleet.proto.v1 import agent_pb2 as apb
+from gpufleet.proto.v1 import types_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+def _bound(job: pb.Job | None) -> bool:
+    return job is not None and job.state in lc.ACTIVE and len(job.assignments) > 0
+
+
+class SchedulingLoop:
+    """FleetListener + loop. ``on_placed`` hooks (benchmarks, metrics) hear of every committed placement."""
+
+    def __init__(
+        self,
+        view: FleetView,
+        scheduler: Scheduler,
+        sessions: AgentSessions,
+        config: SchedulingConfig,
+        clock: Clock,
+    ) -> None:
+        self.view = view
+        self.scheduler = scheduler
+        self.sessions = sessions
+        self.config = config
+        self.clock = clock
+        self.state = ClusterState()
+        self._wake = asyncio.Event()
+        self.active = False
+        self.cycles = 0
+        self.on_placed: list[Callable[[pb.Job], None]] = []
+        self._relayouts_sent: dict[tuple[str, int], tuple[str, ...]] = {}
+
+    # ------------------------------------------------------------------ FleetListener
+
+    def job_changed(self, old: pb.Job | None, new: pb.Job) -> None:
+        if not self.active:
+            return
+        was, now = _bound(old), _bound(new)
+        if was and now and old is not None and list(old.assignments) == list(new.assignments):
+            pass
+        else:
+            if was:
+                self.state.unbind(new.id)
+            if now:
+                self.state.bind(new)
+        if new.state == lc.PENDING and (old is None or old.state != lc.PENDING):
+            self.trigger()
+        elif was and not now:
+            self.trigger()  # capacity freed
+
+    def node_changed(self, old: pb.Node | None, new: pb.Node) -> None:
+        if not self.active:
+            return
+        self.state.upsert_node(new)
+        if old is not None and old.inventory.gpus != new.inventory.gpus:
+            for key in [k for k in self._relayouts_sent if k[0] == new.inventory.name]:
+                del self._relayouts_sent[key]
+        if old is None or old.state != new.state or old.cordoned != new.cordoned or old.inventory != new.inventory:
+            self.trigger()
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------------ loop
+
+    def start(self) -> None:
+        self.state = ClusterState()
+        for node in self.view.nodes.values():
+            self.state.upsert_node(node)
+        for job in self.view.jobs.values():
+            if _bound(job):
+                self.state.bind(job)
+        self._relayouts_sent.clear()
+        self.active = True
+        self.trigger()
+
+    def stop(self) -> None:
+        self.active = False
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.tick_s)
+            self._wake.clear()
+            try:
+                await self.cycle()
+            except NotLeaderError:
+                raise
+            except GpuFleetError as exc:
+                log.warning("scheduling cycle failed, retrying: %s", exc)
+                await asyncio.sleep(0.2)
+                self.trigger()
+
+    async def cycle(self) -> Plan | None:
+        pending = sorted(
+            (j for j in self.view.jobs.values() if j.state == lc.PENDING), key=lambda j: (-j.priority_value, j.id)
+        )
+        if not pending:
+            return None
+        running = [j for j in self.view.jobs.values() if j.state in lc.ACTIVE]
+        now = self.clock.now_ms()
+        plan = self.scheduler.schedule(self.state, pending, now, running)
+        self.cycles += 1
+        batches: list[list[pb.Job]] = [[], [], []]
+        for pre in plan.preemptions:
+            victim = self.view.jobs.get(pre.job_id)
+            if victim is None or victim.state not in lc.ACTIVE:
+                continue
+            v = copy_job(victim)
+            msg = f"{pre.reason} (for {pre.for_job_id})" if pre.for_job_id else pre.reason
+            job_rules.requeue_or_fail(v, lc.PREEMPTED, now_ms=now, reason="PREEMPTED", message=msg, failed=False)
+            batches[0].append(v)
+        for pl in plan.placements:
+            cur = self.view.jobs.get(pl.job_id)
+            if cur is None or cur.state != lc.PENDING:
+                continue
+            j = copy_job(cur)
+            job_rules.place(j, pl.assignments, now_ms=now)
+            batches[1].append(j)
+        for job_id, why in plan.unplaced.items():
+            cur = self.view.jobs.get(job_id)
+            if cur is None or cur.state != lc.PENDING:
+                continue
+            j = copy_job(cur)
+            if job_rules.set_unplaced(j, why):
+                batches[2].append(j)
+        chunk = self.config.txn_chunk
+        for batch in batches:
+            for i in range(0, len(batch), chunk):
+                part = batch[i : i + chunk]
+                if not await self.view.commit(jobs=part):
+                    log.info("plan lost a race on %d jobs; planning again", len(part))
+                    self.trigger()
+                    return plan
+                if batch is batches[1]:
+                    for j in part:
+                        for hook in self.on_placed:
+                            hook(j)
+        self._send_relayouts(plan)
+        return plan
+
+    def _send_relayouts(self, plan: Plan) -> None:
+        for r in plan.mig_relayouts:
+            key = (r.node, r.gpu_index)
+            profiles = tuple(r.profiles)
+            if self._relayouts_sent.get(key) == profiles or not self.sessions.connected(r.node):
+                continue
+            cmd = apb.Command(apply_mig_layout=apb.ApplyMigLayout(gpu_index=r.gpu_index, profiles=r.profiles))
+            self.sessions.send_command(r.node, cmd)
+            self._relayouts_sent[key] = profiles
+            log.info("asked %s to lay out GPU %d as %s for %s", r.node, r.gpu_index, profiles, r.for_job_id)

@@ -1,0 +1,79 @@
+"""Job record edits follow the lifecycle table and leave a history a user can read."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpufleet.common import lifecycle as lc
+from gpufleet.common.errors import IllegalTransitionError
+from gpufleet.coordinator.state import job_rules
+from gpufleet.proto.v1 import agent_pb2 as apb
+from gpufleet.proto.v1 import types_pb2 as pb
+
+
+def _job(**spec_kw: object) -> pb.Job:
+    spec = pb.JobSpec(name="j", team="ml", command=["true"], **spec_kw)  # type: ignore[arg-type]
+    spec.resources.gpu_milli = 1000
+    return job_rules.new_job("j-1", spec, request_id="r1", priority_value=100, now_ms=1)
+
+
+def _placed(job: pb.Job) -> pb.Job:
+    job_rules.place(job, [pb.TaskAssignment(node="n1")], now_ms=2)
+    return job
+
+
+def test_new_job_is_pending_with_a_history_entry() -> None:
+    job = _job()
+    assert job.state == lc.PENDING
+    assert [(t.from_state, t.to_state, t.reason) for t in job.history] == [(0, lc.PENDING, "SUBMITTED")]
+
+
+def test_place_then_run_then_succeed() -> None:
+    job = _placed(_job())
+    assert job.state == lc.SCHEDULED and job.attempt == 1 and job.assignments[0].node == "n1"
+    assert job_rules.mark_running(job, node="n1", now_ms=3)
+    assert not job_rules.mark_running(job, node="n1", now_ms=4)  # already running: no second edge
+    job_rules.record_exit(job, apb.LocalJob(job_id=job.id, state=apb.LOCAL_JOB_STATE_EXITED), node="n1", now_ms=5)
+    assert job.state == lc.SUCCEEDED and job.started_ms == 3 and job.finished_ms == 5
+
+
+def test_failure_reason_from_agent_is_kept_when_not_restarted() -> None:
+    job = _placed(_job(restart_policy=pb.RESTART_POLICY_NEVER))
+    local = apb.LocalJob(
+        job_id=job.id,
+        state=apb.LOCAL_JOB_STATE_EXITED,
+        exit_code=137,
+        reason="GPU_MEMORY_LIMIT_EXCEEDED",
+        message="used 9000 MiB of 8000 MiB",
+    )
+    job_rules.record_exit(job, local, node="n1", now_ms=5)
+    assert job.state == lc.FAILED and job.reason == "GPU_MEMORY_LIMIT_EXCEEDED" and job.exit_code == 137
+    assert "9000" in job.message
+
+
+def test_lost_job_is_requeued_through_lost_and_loses_its_placement() -> None:
+    job = _placed(_job())
+    job_rules.mark_running(job, node="n1", now_ms=3)
+    job_rules.requeue_or_fail(job, lc.LOST, now_ms=4, reason="NODE_LOST", message="node n1 gone", failed=True)
+    assert job.state == lc.PENDING and not job.assignments
+    assert [t.to_state for t in job.history][-2:] == [lc.LOST, lc.PENDING]
+
+
+def test_lost_job_fails_when_its_restart_limit_is_reached() -> None:
+    job = _placed(_job(restart_policy=pb.RESTART_POLICY_NEVER))
+    job_rules.requeue_or_fail(job, lc.LOST, now_ms=4, reason="NODE_LOST", message="", failed=True)
+    assert job.state == lc.FAILED and job.reason == "NODE_LOST"
+
+
+def test_unplaced_reason_is_written_only_when_it_changes() -> None:
+    job = _job()
+    assert job_rules.set_unplaced(job, "needs 2x H100-80GB")
+    assert not job_rules.set_unplaced(job, "needs 2x H100-80GB")
+    assert job_rules.set_unplaced(job, "quota")
+
+
+def test_cancel_of_finished_job_is_illegal() -> None:
+    job = _placed(_job())
+    job_rules.record_exit(job, apb.LocalJob(job_id=job.id, state=apb.LOCAL_JOB_STATE_EXITED), node="n1", now_ms=5)
+    with pytest.raises(IllegalTransitionError):
+        job_rules.cancel(job, now_ms=6, reason="x")
