@@ -19,6 +19,7 @@ class AgentProcess:
         name: str = "node-1",
         simulate: str = "H100-80GB:2",
         extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.state_dir = workdir / "state"
@@ -26,6 +27,7 @@ class AgentProcess:
         self.name = name
         self.simulate = simulate
         self.extra = extra
+        self.env_extra = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -37,6 +39,7 @@ class AgentProcess:
         self.starts += 1
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFLEET_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.env_extra)
         argv = [
             sys.executable,
             "-m",

@@ -5,8 +5,11 @@ collected."""
 
 from __future__ import annotations
 
+import asyncio
 import collections.abc
+import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -107,17 +110,37 @@ async def test_jobs_survive_agent_kill9_and_are_readopted(coordinator: FakeCoord
             kill_group(pgid)
 
 
-async def test_agent_sigterm_leaves_jobs_running(coordinator: FakeCoordinatorServer, tmp_path: Path) -> None:
+async def test_agent_sigterm_leaves_jobs_running_with_systemd_notify_and_metrics(
+    coordinator: FakeCoordinatorServer, tmp_path: Path
+) -> None:
     fc = coordinator.servicer
-    agent = AgentProcess(tmp_path, coordinator.address).start()
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(10)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        metrics_port = s.getsockname()[1]
+    agent = AgentProcess(
+        tmp_path,
+        coordinator.address,
+        extra=("--metrics-port", str(metrics_port)),
+        env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "GPUFLEET_AGENT__METRICS_HOST": "127.0.0.1"},
+    ).start()
     pgid = 0
     try:
+        assert notify.recv(1024).startswith(b"READY=1")
         fc.set_desired(desired("j-stay", ["sleep", "300"]))
         job = await fc.wait_for(lambda: (j := fc.last_job("j-stay")) and j.state == RUNNING and j, what="running")
         pgid = job.pid
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        )
+        assert "DCGM_FI_DEV_FB_USED" in body
         assert agent.terminate() == 0
-        assert pid_alive(job.pid)
+        assert notify.recv(1024) == b"STOPPING=1"
+        assert pid_alive(job.pid)  # only the agent exits
     finally:
+        notify.close()
         agent.kill9()
         if pgid:
             kill_group(pgid)

@@ -94,7 +94,9 @@ class AgentSettings(BaseSettings):
     gpu_backend: str = "nvml"
     """``nvml`` on GPU hosts, or ``simulate:MODEL:COUNT[,MODEL:COUNT]`` (e.g. simulate:H100-80GB:8)."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
-    """Prometheus /metrics port on 0.0.0.0 (0: disabled)."""
+    """Prometheus /metrics port (0: disabled)."""
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics server binds to."""
     address: str = ""
     """Address other nodes use to reach this one (gang rendezvous); default: the hostname's address."""
     provider: str = ""

@@ -55,6 +55,23 @@ def default_address() -> str:
     return "127.0.0.1"
 
 
+def sd_notify(message: str) -> bool:
+    """Tell systemd (Type=notify) about readiness / watchdog; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(address)
+            s.sendall(message.encode())
+    except OSError as e:
+        log.warning("cannot notify systemd at %s: %s", address, e)
+        return False
+    return True
+
+
 class AgentDaemon:
     def __init__(self, settings: AgentSettings, *, backend: GpuBackend | None = None, clock: Clock | None = None):
         self.settings = settings
@@ -101,8 +118,9 @@ class AgentDaemon:
         if self.settings.metrics_port:
             from gpufleet.agent.metrics import start_metrics_server
 
-            server, _thread = start_metrics_server(self.settings.metrics_port, host="0.0.0.0")
+            server, _thread = start_metrics_server(self.settings.metrics_port, host=self.settings.metrics_host)
             self.metrics_port = server.server_port
+            log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.metrics_port)
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [
@@ -111,9 +129,12 @@ class AgentDaemon:
                     tg.create_task(self.sharing.run(), name="gpu-sharing"),
                     tg.create_task(self._health_loop(), name="gpu-health"),
                     tg.create_task(self._gc_loop(), name="log-gc"),
+                    tg.create_task(self._watchdog_loop(), name="systemd-watchdog"),
                 ]
+                sd_notify("READY=1\nSTATUS=running")
                 await self._stop.wait()
                 log.info("agent %s shutting down; jobs keep running", self.settings.name)
+                sd_notify("STOPPING=1")
                 for t in tasks:
                     t.cancel()
         finally:
@@ -140,6 +161,15 @@ class AgentDaemon:
                 self.client.send_event(
                     apb.AgentEvent(gpu_unhealthy=apb.GpuUnhealthy(gpu_index=e.index, uuid=e.uuid, reason=e.reason))
                 )
+
+    async def _watchdog_loop(self) -> None:
+        """Ping systemd's watchdog (WatchdogSec=) from the event loop, so a stuck loop gets the agent restarted."""
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if usec <= 0:
+            return
+        while True:
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(usec / 2e6)
 
     async def _gc_loop(self) -> None:
         while True:

@@ -102,7 +102,8 @@ class JobManager:
     # ------------------------------------------------------------------ startup
 
     def recover(self) -> list[JobRecord]:
-        """Load and re-adopt every job recorded in the state directory; returns the records."""
+        """Load and re-adopt every job recorded in the state directory; returns the records. Call it from the
+        event loop: stops that an earlier agent began are resumed as tasks."""
         for rec in self.state.load_all():
             adopted = self.runner.adopt(rec)
             self.records[(adopted.job_id, adopted.attempt)] = adopted
@@ -112,6 +113,9 @@ class JobManager:
                 except GpuFleetError as e:
                     # keep it running (the coordinator decides); it just runs without enforcement
                     log.warning("re-adopted job %s runs without GPU sharing enforcement: %s", adopted.job_id, e)
+                if adopted.state == STOPPING:
+                    # the previous agent was stopping it (e.g. a limit violation): finish what it started
+                    self._start_stop(adopted, adopted.stop_reason or "STOPPED", adopted.stop_message)
         return list(self.records.values())
 
     # ------------------------------------------------------------------ desired state
@@ -238,7 +242,10 @@ class JobManager:
     async def _stop(self, rec: JobRecord, reason: str, message: str) -> None:
         key = (rec.job_id, rec.attempt)
         stopping = rec.evolve(
-            state=STOPPING, stop_reason=reason, stop_message=message, stop_requested_ms=self.clock.now_ms()
+            state=STOPPING,
+            stop_reason=reason,
+            stop_message=message,
+            stop_requested_ms=rec.stop_requested_ms or self.clock.now_ms(),
         )
         self.state.save(stopping)
         self.records[key] = stopping

@@ -181,9 +181,20 @@ class JobRunner:
             reason = record.stop_reason or ("SUCCEEDED" if code == 0 else "EXITED")
             message = record.stop_message or _describe_exit(code)
             rec = record.evolve(state=EXITED, exit_code=code, reason=reason, message=message, finished_ms=finished_ms)
+        self._reap(rec.pid)
         self._kill_leftovers(rec)
         self.state.save(rec)
         return rec
+
+    def _reap(self, pid: int) -> None:
+        """Collect our own finished supervisor so it does not linger as a zombie."""
+        child = self._children.get(pid)
+        if child is not None:
+            try:
+                child.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                return
+            del self._children[pid]
 
     def adopt(self, record: JobRecord) -> JobRecord:
         """Re-adopt a record found at agent start: RUNNING when its process still runs, else finished."""
