@@ -192,6 +192,16 @@ def load_settings(
     env = os.environ
     if config_file is None and DEFAULT_CONFIG_FILE.is_file():
         config_file = DEFAULT_CONFIG_FILE
+    unknown = sorted(
+        k
+        for k in env
+        if k.upper().startswith(ENV_PREFIX)
+        and k[len(ENV_PREFIX) :].split("__")[0].lower() not in AgentSettings.model_fields
+    )
+    if unknown:
+        raise InvalidInputError(
+            [Problem(k, "unknown setting in the environment; remove it or fix its spelling") for k in unknown]
+        )
     init: dict[str, Any] = {k: v for k, v in (overrides or {}).items() if v is not None}
     if "coordinators" not in init and f"{ENV_PREFIX}COORDINATORS" not in env and env.get(COORDINATOR_ENV):
         init["coordinators"] = env[COORDINATOR_ENV]

@@ -61,6 +61,16 @@ def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
         load_settings(cfg)
 
 
+def test_unknown_environment_setting_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUFLEET_AGENT__COORDINATRS", "c:1")
+    with pytest.raises(InvalidInputError, match="GPUFLEET_AGENT__COORDINATRS"):
+        load_settings(None, {"name": "n1", "coordinators": "c:1"})
+    monkeypatch.delenv("GPUFLEET_AGENT__COORDINATRS")
+    monkeypatch.setenv("GPUFLEET_AGENT__JOBS__NOPE", "1")
+    with pytest.raises(InvalidInputError, match=r"jobs\.nope"):
+        load_settings(None, {"name": "n1", "coordinators": "c:1"})
+
+
 def test_bad_values_name_the_field_and_fix(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError) as e:
         load_settings(None, {"name": "Bad_Name", "coordinators": "nohostport", "metrics_port": 70000})

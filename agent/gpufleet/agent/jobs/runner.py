@@ -178,7 +178,7 @@ class JobRunner:
             )
         else:
             code, finished_ms = result
-            reason = record.stop_reason or ("SUCCEEDED" if code == 0 else "EXITED")
+            reason = record.stop_reason or "EXITED"
             message = record.stop_message or _describe_exit(code)
             rec = record.evolve(state=EXITED, exit_code=code, reason=reason, message=message, finished_ms=finished_ms)
         self._reap(rec.pid)
