@@ -112,6 +112,11 @@ class GpuSlicer:
         return len(self._members) >= 2 or any(m.strict for m in self._members.values())
 
     @property
+    def current(self) -> str | None:
+        """The job whose turn it is ("" for an idle turn, None when not slicing)."""
+        return self._current
+
+    @property
     def deadline(self) -> float:
         """When the current turn ends (meaningful while active)."""
         return self._turn_end

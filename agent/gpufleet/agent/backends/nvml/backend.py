@@ -25,6 +25,7 @@ from gpufleet.agent.backends.mig_plan import plan_relayout
 from gpufleet.agent.backends.nvml.driver import (
     EVENT_DOUBLE_BIT_ECC,
     EVENT_XID_CRITICAL,
+    NVLINK_DEVICE_TYPE_SWITCH,
     NVML_ERROR_GPU_IS_LOST,
     NVML_ERROR_INVALID_ARGUMENT,
     NVML_ERROR_NO_PERMISSION,
@@ -149,12 +150,17 @@ class NvmlBackend:
         return self._devs[index]
 
     def _link_peers(self) -> None:
+        """NVLink peers: GPUs linked directly, and all GPUs behind NVSwitches (HGX/DGX) are peers."""
         by_bus = {d.bus_id.lower(): d.index for d in self._devs if d.bus_id}
+        direct: dict[int, set[int]] = {d.index: set() for d in self._devs}
+        switched: set[int] = set()
         for d in self._devs:
-            peers: set[int] = set()
             for link in range(MAX_NVLINKS):
                 try:
                     if not self.driver.nvlink_active(d.handle, link):
+                        continue
+                    if self.driver.nvlink_remote_type(d.handle, link) == NVLINK_DEVICE_TYPE_SWITCH:
+                        switched.add(d.index)
                         continue
                     remote = self.driver.nvlink_remote_bus_id(d.handle, link).lower()
                 except NvmlError as e:
@@ -163,7 +169,9 @@ class NvmlBackend:
                     raise _map(e, f"reading NVLink {link} of GPU {d.index}") from e
                 peer = by_bus.get(remote)
                 if peer is not None and peer != d.index:
-                    peers.add(peer)
+                    direct[d.index].add(peer)
+        for d in self._devs:
+            peers = direct[d.index] | (switched - {d.index} if d.index in switched else set())
             d.nvlink_peers = tuple(sorted(peers))
 
     def _register_events(self) -> Handle | None:

@@ -32,6 +32,8 @@ EVENT_SINGLE_BIT_ECC = 0x1
 EVENT_DOUBLE_BIT_ECC = 0x2
 EVENT_XID_CRITICAL = 0x8
 
+NVLINK_DEVICE_TYPE_SWITCH = 2  # NVML_NVLINK_DEVICE_TYPE_SWITCH
+
 Handle = Any  # an opaque NVML handle (device, MIG device, GPU instance, compute instance, event set)
 
 
@@ -113,6 +115,7 @@ class NvmlDriver(Protocol):
     def pci_bus_id(self, h: Handle) -> str: ...
     def nvlink_active(self, h: Handle, link: int) -> bool: ...
     def nvlink_remote_bus_id(self, h: Handle, link: int) -> str: ...
+    def nvlink_remote_type(self, h: Handle, link: int) -> int: ...
     def mig_mode(self, h: Handle) -> tuple[int, int]: ...
     def set_mig_mode(self, h: Handle, enabled: bool) -> int: ...
     def max_mig_devices(self, h: Handle) -> int: ...
@@ -234,6 +237,10 @@ class PynvmlDriver:
     def nvlink_remote_bus_id(self, h: Handle, link: int) -> str:
         with _mapped():
             return str(pynvml.nvmlDeviceGetNvLinkRemotePciInfo(h, link).busId)
+
+    def nvlink_remote_type(self, h: Handle, link: int) -> int:
+        with _mapped():
+            return int(pynvml.nvmlDeviceGetNvLinkRemoteDeviceType(h, link))
 
     def mig_mode(self, h: Handle) -> tuple[int, int]:
         with _mapped():
