@@ -114,7 +114,7 @@ class CoordinatorClient:
                         target = leader
                         continue
                 reason = f"{e.code().name}: {e.details()}"
-            except (_StreamEndedError, TimeoutError, OSError) as e:
+            except (_StreamEndedError, TimeoutError, OSError, grpc.RpcError, asyncio.InvalidStateError) as e:
                 reason = str(e) or type(e).__name__
             finally:
                 was_connected = self.connected

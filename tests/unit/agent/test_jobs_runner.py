@@ -104,6 +104,9 @@ def test_readopt_by_pid_and_start_time_and_refuse_recycled_pid(state: LocalState
     first = JobRunner(state)
     rec = first.start(new_record(state, "j-adopt"), ["sleep", "300"], dict(os.environ), "")
     try:
+        sup = psutil.Process(rec.pid)  # the per-job supervisor is a small sh, not a Python interpreter
+        assert sup.name() in ("sh", "dash") and sup.memory_info().rss < 16 * 1024 * 1024
+        assert os.getsid(rec.pid) == rec.pid  # its own session: it does not die with the agent
         # a second runner (as after an agent restart) adopts it: same pid, still running
         second = JobRunner(state)
         [loaded] = state.load_all()
