@@ -67,6 +67,7 @@ class JobRecord:
     argv: tuple[str, ...] = ()
     assignment: bytes = b""  # serialized pb.TaskAssignment
     grace_period_s: int = 30
+    max_runtime_s: int = 0  # spec.max_runtime_s: stopped with MAX_RUNTIME_EXCEEDED after this long (0: never)
     started_ms: int = 0
     finished_ms: int = 0
     exit_code: int = 0

@@ -119,3 +119,11 @@ async def test_memory_limit_violation_stops_the_job_with_its_reason(h: Harness) 
     await h.wait("j-hog", RUNNING)
     done = await h.wait("j-hog", EXITED, timeout=15)
     assert done.reason == "GPU_MEMORY_LIMIT_EXCEEDED" and "20000" in done.message
+
+
+async def test_max_runtime_is_enforced_locally(h: Harness) -> None:
+    job = djob("j-slow", ["sleep", "300"])
+    job.spec.max_runtime_s = 1
+    await h.jobs.reconcile([job])
+    done = await h.wait("j-slow", EXITED, timeout=10)
+    assert done.reason == "MAX_RUNTIME_EXCEEDED" and done.exit_code == 143

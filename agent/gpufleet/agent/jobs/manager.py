@@ -157,6 +157,7 @@ class JobManager:
             dir=str(directory),
             assignment=d.assignment.SerializeToString(),
             grace_period_s=d.grace_period_s or self.default_grace_period_s,
+            max_runtime_s=int(d.spec.max_runtime_s),
         )
         devices = list(d.assignment.devices)
         try:
@@ -270,8 +271,9 @@ class JobManager:
     # ------------------------------------------------------------------ watching
 
     def check(self) -> list[JobRecord]:
-        """Collect exits of running jobs; returns the newly finished records."""
+        """Collect exits of running jobs and stop jobs past their max runtime; returns newly finished records."""
         out = []
+        now = self.clock.now_ms()
         for key, rec in list(self.records.items()):
             if rec.finished or key in self._stopping:
                 continue
@@ -279,6 +281,10 @@ class JobManager:
             if done is not None:
                 self._finished(done)
                 out.append(done)
+            elif rec.max_runtime_s > 0 and now - rec.started_ms > rec.max_runtime_s * 1000:
+                self._start_stop(
+                    rec, "MAX_RUNTIME_EXCEEDED", f"ran longer than its max_runtime_s of {rec.max_runtime_s}s"
+                )
         return out
 
     def _finished(self, done: JobRecord) -> None:
