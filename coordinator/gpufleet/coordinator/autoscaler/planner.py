@@ -363,6 +363,7 @@ class _Run:
         self.budget = budget
         self.max_new = max_new
         self.bins: list[Bin] = []
+        self.new_bins = 0
         self.unplaceable: dict[str, str] = {}
         self._caps: dict[Shape, dict[OfferKey, int]] = {}
 
@@ -404,17 +405,15 @@ class _Run:
 
     # ---------------------------------------------------------------- opening nodes
     def _can_open(self, po: PoolOffer, count: int = 1) -> int:
-        n = min(count, self.room.get(po.pool, 0), self.max_new - self._new_count())
+        n = min(count, self.room.get(po.pool, 0), self.max_new - self.new_bins)
         if self.budget is not None:
             n = min(n, self.budget // po.price if po.price else n)
         return max(0, n)
 
-    def _new_count(self) -> int:
-        return sum(1 for b in self.bins if not b.instance_id)
-
     def _open(self, po: PoolOffer) -> Bin:
         b = Bin(po)
         self.bins.append(b)
+        self.new_bins += 1
         self.room[po.pool] -= 1
         if self.budget is not None:
             self.budget -= po.price
@@ -435,8 +434,7 @@ class _Run:
                 self.unplaceable[j] = why
             return
         if shape.nodes > 1:
-            for j in job_ids:
-                self._place_gang(shape, j, caps)
+            self._place_gangs(shape, job_ids, caps)
             return
         left = self._fill_open(shape, job_ids)
         while left:
@@ -489,66 +487,87 @@ class _Run:
             placed += k
         return placed
 
-    def _place_gang(self, shape: Shape, job_id: str, caps: Mapping[OfferKey, int]) -> None:
+    def _place_gangs(self, shape: Shape, job_ids: list[str], caps: Mapping[OfferKey, int]) -> None:
+        """Each gang: all members in one provider and region, one member per node, at the least new cost."""
         members = shape.nodes
-        best: tuple[int, tuple[str, str]] | None = None
-        for loc in {po.location for po in self.offers if caps.get(po.key, 0) > 0}:
-            usable = sum(1 for b in self.bins if b.offer.location == loc and self._fits(b, shape))
-            need = max(0, members - usable)
-            cheapest = self._cheapest_in(loc, caps)
-            if need and (cheapest is None or self._can_open(cheapest, need) < need):
-                continue
-            cost = need * (cheapest.price if cheapest else 0)
-            if best is None or cost < best[0]:
-                best = (cost, loc)
-        if best is None:
-            self.unplaceable[job_id] = f"no single provider and region can hold all {members} members of the gang"
-            return
-        loc = best[1]
-        placed = 0
+        locations = sorted({po.location for po in self.offers if caps.get(po.key, 0) > 0})
+        open_by_loc: dict[tuple[str, str], list[Bin]] = defaultdict(list)
         for b in self.bins:
-            if placed == members:
-                break
-            if b.offer.location == loc and self._fits(b, shape):
+            if self._fits(b, shape):
+                open_by_loc[b.offer.location].append(b)
+        ranked = {
+            loc: sorted(
+                (po for po in self.offers if po.location == loc and caps.get(po.key, 0) > 0), key=lambda p: p.price
+            )
+            for loc in locations
+        }
+        for job_id in job_ids:
+            best: tuple[int, tuple[str, str], list[Bin]] | None = None
+            for loc in locations:
+                usable = [b for b in open_by_loc[loc] if self._fits(b, shape)][:members]
+                open_by_loc[loc] = [b for b in open_by_loc[loc] if self._fits(b, shape)]
+                need = members - len(usable)
+                cheapest = next((po for po in ranked[loc] if self._can_open(po)), None)
+                if need and (cheapest is None or self._can_open(cheapest, need) < need):
+                    continue
+                cost = need * (cheapest.price if cheapest else 0)
+                if best is None or cost < best[0]:
+                    best = (cost, loc, usable)
+            if best is None:
+                self.unplaceable[job_id] = f"no single provider and region can hold all {members} members of the gang"
+                continue
+            _, loc, usable = best
+            for b in usable:
                 self._put(b, shape, -(-UNITS // self.cap_for(shape, b.offer)), [job_id])
-                placed += 1
-        while placed < members:
-            po = self._cheapest_in(loc, caps)
-            assert po is not None
-            self._put(self._open(po), shape, -(-UNITS // caps[po.key]), [job_id])
-            placed += 1
+            for _ in range(members - len(usable)):
+                po = next((po for po in ranked[loc] if self._can_open(po)), None)
+                assert po is not None
+                b = self._open(po)
+                self._put(b, shape, -(-UNITS // caps[po.key]), [job_id])
+                open_by_loc[loc].append(b)
 
     def _fits(self, b: Bin, shape: Shape) -> bool:
         cap = self.cap_for(shape, b.offer)
         return cap > 0 and b.free() >= -(-UNITS // cap)
 
-    def _cheapest_in(self, loc: tuple[str, str], caps: Mapping[OfferKey, int]) -> PoolOffer | None:
-        cands = [po for po in self.offers if po.location == loc and caps.get(po.key, 0) > 0 and self._can_open(po)]
-        return min(cands, key=lambda po: po.price, default=None)
-
     # ---------------------------------------------------------------- improving
     def downsize(self) -> None:
         """Swap each new node for the cheapest offer of the same pool and location that still holds its contents."""
+        by_price = sorted(self.offers, key=lambda p: p.price)
+        memo: dict[tuple[str, OfferKey, frozenset[tuple[Shape, int]]], tuple[PoolOffer, int] | None] = {}
         for b in self.bins:
             if b.instance_id or not b.contents:
                 continue
-            for po in sorted(self.offers, key=lambda p: p.price):
-                if po.price >= b.offer.price:
+            key = (b.offer.pool, b.offer.key, frozenset(b.contents.items()))
+            if key not in memo:
+                memo[key] = self._smaller(b, by_price)
+            swap = memo[key]
+            if swap is not None and self._room_for_swap(b.offer, swap[0]):
+                if self.budget is not None:
+                    self.budget += b.offer.price - swap[0].price
+                self.room[b.offer.pool] += 1
+                self.room[swap[0].pool] -= 1
+                b.offer, b.used = swap
+
+    def _room_for_swap(self, old: PoolOffer, new: PoolOffer) -> bool:
+        return old.pool == new.pool or self.room.get(new.pool, 0) > 0
+
+    def _smaller(self, b: Bin, by_price: Sequence[PoolOffer]) -> tuple[PoolOffer, int] | None:
+        for po in by_price:
+            if po.price >= b.offer.price:
+                return None
+            if po.pool != b.offer.pool or po.location != b.offer.location:
+                continue
+            used = 0
+            for shape, count in b.contents.items():
+                cap = self.cap_for(shape, po)
+                if cap <= 0:
+                    used = UNITS + 1
                     break
-                if po.pool != b.offer.pool or po.location != b.offer.location:
-                    continue
-                used = 0
-                for shape, count in b.contents.items():
-                    cap = self.cap_for(shape, po)
-                    if cap <= 0:
-                        used = UNITS + 1
-                        break
-                    used += count * -(-UNITS // cap)
-                if used <= UNITS:
-                    if self.budget is not None:
-                        self.budget += b.offer.price - po.price
-                    b.offer, b.used = po, used
-                    break
+                used += count * -(-UNITS // cap)
+            if used <= UNITS:
+                return (po, used)
+        return None
 
     def result(self) -> ScalePlan:
         out = ScalePlan(unplaceable=dict(self.unplaceable))
