@@ -17,6 +17,7 @@ from gpufleet.coordinator.store import (
     Delete,
     LeaseExpiredError,
     Put,
+    StoreError,
     WatchEvent,
     open_store,
 )
@@ -187,6 +188,15 @@ async def test_txn_on_absent_key_and_multiple_ops(store: ClusterStore, p: str) -
     assert rev == res.revision and kvs[1].mod_revision == res.revision
     res = await store.txn([Compare(p + "a", "version", "==", 1), Compare(p + "b", "version", "==", 1)], [])
     assert not res.succeeded and res.revision == rev  # failure branch empty: nothing written
+
+
+async def test_txn_touching_one_key_twice_is_refused(store: ClusterStore, p: str) -> None:
+    with pytest.raises(StoreError):
+        await store.txn([], [Put(p + "a", b"1"), Put(p + "a", b"2")])
+    with pytest.raises(StoreError):
+        await store.txn([], [Delete(p, prefix=True), Put(p + "a", b"1")])
+    assert (await store.range(p))[0] == []
+    assert (await store.txn([], [Put(p + "a", b"1"), Delete(p + "b"), Delete(p + "b")])).succeeded
 
 
 async def test_lease_expiry_deletes_its_keys(store: ClusterStore, p: str) -> None:

@@ -2,15 +2,20 @@
 
 The server listens on 127.0.0.1 with ports picked at run time, keeps its data in a directory the caller gives
 (``tmp_path``), and is always killed when the fixture ends. ``restart()`` keeps port and data, so a client sees
-the same cluster come back. Use it from any test module::
+the same cluster come back. To use the fixtures in a test folder, re-export them from its conftest.py::
 
-    from tests.helpers.etcd_server import EtcdServer, etcd_server  # noqa: F401  (module-scoped fixture)
+    # tests/integration/conftest.py
+    from tests.helpers.etcd_server import etcd_server, fresh_etcd_server
 
-    async def test_x(etcd_server: EtcdServer) -> None:
-        store = open_store(etcd_server.url, tmp_path)
+    __all__ = ["etcd_server", "fresh_etcd_server"]
 
-Tests sharing the module-scoped server must use distinct key prefixes. ``fresh_etcd_server`` is a
-function-scoped server for tests that kill or pause it.
+    # tests/integration/test_failover.py
+    async def test_x(etcd_server: EtcdServer, tmp_path: Path) -> None:
+        store = open_store(etcd_server.url, tmp_path)   # or start coordinators with --store etcd_server.url
+
+Tests sharing the module-scoped ``etcd_server`` (or the session-scoped ``etcd_session_server``) must use
+distinct key prefixes. ``fresh_etcd_server`` is a function-scoped server for tests that kill, restart or pause
+it. ``running_etcd(data_dir)`` is the context manager behind them, for fixtures of other scopes.
 """
 
 from __future__ import annotations
@@ -192,4 +197,13 @@ def fresh_etcd_server(tmp_path: Path) -> Iterator[EtcdServer]:
     if not etcd_available():
         pytest.skip(f"etcd binary {ETCD_BINARY} not found")
     with running_etcd(tmp_path / "etcd-data") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def etcd_session_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """One etcd for the whole test session (never kill or pause it; use distinct key prefixes)."""
+    if not etcd_available():
+        pytest.skip(f"etcd binary {ETCD_BINARY} not found")
+    with running_etcd(tmp_path_factory.mktemp("etcd-session") / "data") as server:
         yield server

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from gpufleet.common.clock import Clock
-from gpufleet.common.errors import StoreUnavailableError
+from gpufleet.common.errors import StoreError, StoreUnavailableError
 
 from .base import (
     CompactedError,
@@ -171,6 +171,8 @@ class EmbeddedStore:
         self, compares: Sequence[Compare], success: Sequence[Put | Delete], failure: Sequence[Put | Delete] = ()
     ) -> TxnResult:
         self._check_open()
+        _check_no_duplicate_keys(success)
+        _check_no_duplicate_keys(failure)
         self._expire_due()
         ok = all(compare_holds(c, self._get_sync(c.key)) for c in compares)
         self._commit(success if ok else failure)
@@ -377,6 +379,21 @@ class EmbeddedStore:
         self._db.close()
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         os.close(self._lock_fd)
+
+
+def _check_no_duplicate_keys(ops: Sequence[Put | Delete]) -> None:
+    """etcd refuses a txn branch that puts one key twice, or puts a key it also deletes: so do we."""
+    puts: set[str] = set()
+    deletes = [op for op in ops if isinstance(op, Delete)]
+    for op in ops:
+        if not isinstance(op, Put):
+            continue
+        hit = op.key in puts or any(
+            op.key == d.key or (d.prefix and op.key.encode().startswith(d.key.encode())) for d in deletes
+        )
+        if hit:
+            raise StoreError(f"txn touches key {op.key!r} twice (put twice, or put and deleted); split the txn")
+        puts.add(op.key)
 
 
 def _kv(row: tuple[bytes, bytes, int, int, int, int]) -> KeyValue:
