@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
@@ -30,7 +31,7 @@ MIB = 1024 * 1024
 REGISTRY = CollectorRegistry(auto_describe=False)
 """The agent's own registry (not prometheus_client's global one)."""
 
-_bound: dict[int, SharingCollector] = {}
+_bound: weakref.WeakKeyDictionary[CollectorRegistry, SharingCollector] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -96,11 +97,11 @@ def register_sharing(sharing: GpuSharing, registry: CollectorRegistry | None = N
     reg = REGISTRY if registry is None else registry
     collector = SharingCollector(sharing, socket.gethostname())
     with _lock:
-        old = _bound.pop(id(reg), None)
+        old = _bound.pop(reg, None)
         if old is not None:
             reg.unregister(old)
         reg.register(collector)
-        _bound[id(reg)] = collector
+        _bound[reg] = collector
     return collector
 
 

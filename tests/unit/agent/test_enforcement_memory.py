@@ -59,7 +59,7 @@ async def test_job_over_its_limit_is_stopped_with_bytes_in_the_message(tmp_path:
         fine = procs.sim_use(3000, gs.job_env("fine", [dev]))
         gs.attach("greedy", greedy.pid, [dev], strict=False)
         gs.attach("fine", fine.pid, [dev], strict=False)
-        await sample_until(gs, lambda: stops.calls)
+        await sample_until(gs, lambda: stops.calls and (gs.job_usage("fine") or object()).__getattribute__("used_mib"))
         await asyncio.sleep(0)
         assert [(j, r) for j, r, _ in stops.calls] == [("greedy", "GPU_MEMORY_LIMIT_EXCEEDED")]
         msg = stops.calls[0][2]
