@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 REGISTER_TIMEOUT_S = 30.0
+REDIRECT_READ_TIMEOUT_S = 2.0
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -32,6 +34,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         try:
             await self.c.require_leader()
         except NotLeaderError as exc:
+            # read the Register first: closing the stream under an agent's pending write makes it see INTERNAL
+            with contextlib.suppress(StopAsyncIteration, TimeoutError, grpc.RpcError):
+                await asyncio.wait_for(anext(aiter(request_iterator)), REDIRECT_READ_TIMEOUT_S)
             redirect = apb.Redirect(leader_address=exc.leader_address, message=str(exc))
             yield apb.CoordinatorMessage(redirect=redirect)
             return

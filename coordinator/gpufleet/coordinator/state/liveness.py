@@ -1,6 +1,6 @@
 """Node liveness and drain progress, checked by the leader every ``liveness.check_interval_s``.
 
-* A READY/DRAINING/DRAINED node whose agent has been disconnected for longer than ``liveness.node_timeout_s``
+* A READY/DRAINING/DRAINED node whose agent has been disconnected (or silent) for longer than ``liveness.node_timeout_s``
   becomes NOT_READY, and each of its jobs goes LOST and then PENDING or FAILED by its restart policy, in the same
   txn. Only after that may the scheduler place those jobs elsewhere, so a job never runs in two places while the
   leader still counts the old one; a returning agent stops its stale copies (they are absent from its desired
@@ -56,9 +56,11 @@ class LivenessChecker:
         now = self.clock.now_ms()
         timeout_ms = int(self.config.node_timeout_s * 1000)
         for name, node in list(self.view.nodes.items()):
-            if node.state != NOT_READY and not self.sessions.connected(name):
+            if node.state != NOT_READY:
+                # a connected agent that went silent (paused, wedged, network gone) counts as gone too
                 last = max(self.sessions.last_seen_ms.get(name, 0), self.started_ms)
                 if now - last > timeout_ms:
+                    self.sessions.drop(name)
                     await self._not_ready(name, now, (now - last) / 1000)
                     continue
             if node.state == DRAINING:

@@ -101,6 +101,12 @@ class AgentSessions:
         self.sessions.clear()
         self.last_seen_ms.clear()
 
+    def drop(self, node: str) -> None:
+        """Close a session whose agent went silent (the agent reconnects if it is still alive)."""
+        session = self.sessions.pop(node, None)
+        if session is not None:
+            session.close()
+
     def seen(self, node: str) -> None:
         self.last_seen_ms[node] = self.clock.now_ms()
 
@@ -110,8 +116,11 @@ class AgentSessions:
     # ------------------------------------------------------------------ desired state
 
     def desired_state(self, node: str, acked: set[str]) -> apb.DesiredState:
-        out = apb.DesiredState(generation=next(self._gen), acknowledged_exits=sorted(acked))
-        for job in self.view.jobs_on(node):
+        jobs = self.view.jobs_on(node)
+        # never acknowledge a job id while an attempt of it must run here: the agent forgets by job id
+        active = {j.id for j in jobs}
+        out = apb.DesiredState(generation=next(self._gen), acknowledged_exits=sorted(acked - active))
+        for job in jobs:
             for a in job.assignments:
                 if a.node == node:
                     out.jobs.append(
