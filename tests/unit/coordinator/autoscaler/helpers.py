@@ -65,3 +65,71 @@ def job(
         placement=pb.PlacementPolicy(spot=spot, max_price_micros_per_gpu_hour=max_price_per_gpu, regions=list(regions)),
     )
     return pb.Job(id=job_id, spec=spec, state=state, priority_value=100)
+
+
+class FakeCluster:
+    """The coordinator side the autoscaler talks to: nodes, pending and running jobs, cordon and drain.
+
+    ``join(instance)`` plays an agent registering; ``drain`` requeues the node's jobs (what the coordinator's
+    drainer does) and records the call order.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, pb.Node] = {}
+        self.pending: list[pb.Job] = []
+        self.running: list[pb.Job] = []
+        self.calls: list[tuple[str, str]] = []
+
+    def join(self, name: str, gpu_model: str = "L4", gpus: int = 1, spot: bool = False) -> pb.Node:
+        inv = pb.NodeInventory(
+            name=name, hostname=name, address=f"{name}.test", cpu_milli=48_000, memory_mib=196_608, spot=spot
+        )
+        for g in range(gpus):
+            inv.gpus.add(index=g, uuid=f"GPU-{name}-{g}", model=gpu_model, memory_mib=23034, healthy=True)
+        node = pb.Node(inventory=inv, state=pb.NODE_STATE_READY, capacity_gpu_milli=gpus * 1000)
+        self.nodes[name] = node
+        return node
+
+    def leave(self, name: str) -> None:
+        self.nodes.pop(name, None)
+
+    def run_on(self, job: pb.Job, node: str, gpus: int = 1) -> None:
+        job.state = pb.JOB_STATE_RUNNING
+        job.assignments.add(
+            node=node,
+            devices=[
+                pb.DeviceAssignment(gpu_index=i, mode=pb.SHARING_MODE_EXCLUSIVE, gpu_milli=1000) for i in range(gpus)
+            ],
+        )
+        self.running.append(job)
+        self.nodes[node].job_ids.append(job.id)
+        self.nodes[node].allocated_gpu_milli += gpus * 1000
+        self.pending = [j for j in self.pending if j.id != job.id]
+
+    async def cordon(self, node: str, reason: str) -> None:
+        self.calls.append(("cordon", node))
+        if node in self.nodes:
+            self.nodes[node].cordoned = True
+
+    async def drain(self, node: str, reason: str, deadline_ms: int) -> None:
+        self.calls.append(("drain", node))
+        moved = [j for j in self.running if any(a.node == node for a in j.assignments)]
+        for j in moved:
+            del j.assignments[:]
+            j.state = pb.JOB_STATE_PENDING
+            self.pending.append(j)
+        self.running = [j for j in self.running if j not in moved]
+        if node in self.nodes:
+            del self.nodes[node].job_ids[:]
+            self.nodes[node].allocated_gpu_milli = 0
+
+    def ports(self):  # type: ignore[no-untyped-def]
+        from gpufleet.coordinator.autoscaler.reconciler import ClusterPorts
+
+        return ClusterPorts(
+            nodes=lambda: list(self.nodes.values()),
+            pending_jobs=lambda: list(self.pending),
+            cordon=self.cordon,
+            drain=self.drain,
+            running_jobs=lambda: list(self.running),
+        )

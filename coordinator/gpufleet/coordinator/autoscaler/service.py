@@ -1,0 +1,99 @@
+"""``Autoscaler``: the leader-only loop (LeaderOnly, interfaces.md §2) around the reconciler.
+
+The coordinator registers it on the leader elector::
+
+    autoscaler = Autoscaler(config, registry, ClusterPorts(nodes=..., pending_jobs=..., cordon=..., drain=...,
+                            running_jobs=...), storage=StoreInstanceStorage(store, elector.leader_txn))
+    elector.add_subsystem(autoscaler)
+    # on an agent's SpotInterruption event:
+    await autoscaler.handle_interruption(node_name, event)
+
+``set_enabled(True)`` loads the instance records (what a previous leader launched) and starts the loop;
+``set_enabled(False)`` stops it before returning. A failed pass is logged and the next one runs on schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from gpufleet.common.clock import Clock, SystemClock
+from gpufleet.common.errors import GpuFleetError, NotLeaderError
+from gpufleet.coordinator.autoscaler.bootstrap import BootstrapConfig
+from gpufleet.coordinator.autoscaler.config import AutoscalerConfig, validate_against
+from gpufleet.coordinator.autoscaler.instance import Instance
+from gpufleet.coordinator.autoscaler.reconciler import Action, ClusterPorts, Reconciler
+from gpufleet.coordinator.autoscaler.storage import InstanceStorage, MemoryInstanceStorage
+from gpufleet.coordinator.providers.catalog import Catalog
+from gpufleet.coordinator.providers.registry import ProviderRegistry
+from gpufleet.proto.v1 import agent_pb2 as apb
+
+log = logging.getLogger(__name__)
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        config: AutoscalerConfig,
+        providers: ProviderRegistry,
+        ports: ClusterPorts,
+        *,
+        catalog: Catalog | None = None,
+        storage: InstanceStorage | None = None,
+        bootstrap: BootstrapConfig | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.catalog = catalog or Catalog.builtin()
+        validate_against(config, self.catalog)
+        self.config = config
+        self.reconciler = Reconciler(
+            config,
+            self.catalog,
+            providers,
+            storage or MemoryInstanceStorage(),
+            ports,
+            bootstrap=bootstrap,
+            clock=clock or SystemClock(),
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # one pass or interruption at a time
+        self.passes = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def set_enabled(self, enabled: bool) -> None:
+        if enabled and not self.enabled:
+            await self.reconciler.load()
+            self._task = asyncio.create_task(self._loop(), name="autoscaler")
+        elif not enabled and self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def run_once(self) -> list[Action]:
+        async with self._lock:
+            self.passes += 1
+            return await self.reconciler.reconcile_once()
+
+    async def handle_interruption(self, node_name: str, event: apb.SpotInterruption) -> list[Action]:
+        async with self._lock:
+            return await self.reconciler.handle_interruption(node_name, event)
+
+    def instances(self) -> list[Instance]:
+        return sorted(self.reconciler.instances.values(), key=lambda i: i.created_ms)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                for action in await self.run_once():
+                    log.info("autoscaler: %s %s %s", action.kind, action.instance_id, action.detail)
+            except NotLeaderError:
+                log.info("autoscaler: no longer the leader; pausing until enabled again")
+                return
+            except GpuFleetError as e:
+                log.warning("autoscaler pass failed: %s", e)
+            await asyncio.sleep(self.config.interval_s)
