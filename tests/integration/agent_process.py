@@ -17,7 +17,7 @@ class AgentProcess:
         coordinators: str,
         *,
         name: str = "node-1",
-        simulate: str = "H100-80GB:2",
+        simulate: str | None = "H100-80GB:2",  # None: the NVML backend (a real GPU host)
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
     ) -> None:
@@ -51,8 +51,7 @@ class AgentProcess:
             self.name,
             "--state-dir",
             str(self.state_dir),
-            "--simulate",
-            self.simulate,
+            *(["--simulate", self.simulate] if self.simulate else []),
             "--address",
             "127.0.0.1",
             "--config",
@@ -68,6 +67,7 @@ class AgentProcess:
         path.write_text(
             "[connection]\nreconnect_initial_s = 0.1\nreconnect_max_s = 0.5\nrpc_timeout_s = 2.0\n"
             "[jobs]\ncheck_interval_s = 0.1\ndefault_grace_period_s = 2\n"
+            "[sharing]\nbusy_sample_interval_s = 0.5\nmemory_grace_s = 0\n"
         )
         return path
 

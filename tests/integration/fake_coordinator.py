@@ -37,7 +37,7 @@ class FakeCoordinator(agrpc.AgentServiceServicer):
         self.registers: list[apb.Register] = []
         self.connects = 0
         self._changed = asyncio.Event()
-        self._commands: asyncio.Queue[apb.Command] = asyncio.Queue()
+        self._commands: dict[int, asyncio.Queue[apb.Command]] = {}  # per session
 
     # ---------------------------------------------------------------- test controls
 
@@ -50,7 +50,8 @@ class FakeCoordinator(agrpc.AgentServiceServicer):
         self._changed.set()
 
     def send_command(self, command: apb.Command) -> None:
-        self._commands.put_nowait(command)
+        """Send on the newest session (an older one may belong to an agent that was killed)."""
+        self._commands.setdefault(self.connects, asyncio.Queue()).put_nowait(command)
 
     def statuses(self) -> list[apb.AgentStatus]:
         return [m.status for m in self.received if m.WhichOneof("body") == "status"]
@@ -94,6 +95,8 @@ class FakeCoordinator(agrpc.AgentServiceServicer):
         self, request_iterator: AsyncIterator[apb.AgentMessage], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[apb.CoordinatorMessage]:
         self.connects += 1
+        session = self.connects
+        commands = self._commands.setdefault(session, asyncio.Queue())
         first = await anext(aiter(request_iterator))
         self.received.append(first)
         self.registers.append(first.register)
@@ -116,10 +119,10 @@ class FakeCoordinator(agrpc.AgentServiceServicer):
             while not reader.done():
                 yield self._desired_state()
                 self._changed.clear()
-                while not self._commands.empty():
-                    yield apb.CoordinatorMessage(command=self._commands.get_nowait())
+                while not commands.empty():
+                    yield apb.CoordinatorMessage(command=commands.get_nowait())
                 wait_changed = asyncio.ensure_future(self._changed.wait())
-                wait_command = asyncio.ensure_future(self._commands.get())
+                wait_command = asyncio.ensure_future(commands.get())
                 done, _ = await asyncio.wait(
                     {wait_changed, wait_command, reader}, timeout=self.desired_interval_s, return_when="FIRST_COMPLETED"
                 )
