@@ -27,6 +27,7 @@ class RelayoutChoice:
     col: int
     profiles: list[str]
     cost: int
+    starts: list[int]
 
 
 def _compatible(placed: list[PlacedInstance], cand: PlacedInstance) -> bool:
@@ -70,7 +71,8 @@ def plan(state: ClusterState, req: Request, node_mask: B) -> RelayoutChoice | No
                 layout.append(f)
                 kept += 1
         cost = 1 + len(free) - kept
-        choice = RelayoutChoice(i, col, [p.profile.name for p in sorted(layout, key=lambda p: p.start)], cost)
+        ordered = sorted(layout, key=lambda p: p.start)
+        choice = RelayoutChoice(i, col, [p.profile.name for p in ordered], cost, [p.start for p in ordered])
         key = (cost, -len(used), i, col)
         if best is None or key < best[0]:
             best = (key, choice)

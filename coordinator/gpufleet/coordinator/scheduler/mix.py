@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-STEP = 50
+STEP = 10
 THRESHOLDS = np.arange(STEP, 1000 + STEP, STEP, dtype=np.int64)  # 50, 100, ..., 1000
-MAX_CLASSES = 16
+MAX_CLASSES = 48
+CPU_STEP = 1000  # classes also split by CPU demand: a node short of CPU strands its GPUs for that class
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -41,21 +42,22 @@ class MixClasses:
 
 class WorkloadMix:
     def __init__(self) -> None:
-        self._count: dict[tuple[int, int], int] = {}
-        self._cpu: dict[tuple[int, int], int] = {}
+        self._count: dict[tuple[int, int, int], int] = {}
+        self._cpu: dict[tuple[int, int, int], int] = {}
         self._cached: MixClasses | None = None
         self.total = 0
 
     @staticmethod
-    def key(milli_per_gpu: int, gpus: int) -> tuple[int, int] | None:
+    def key(milli_per_gpu: int, gpus: int, cpu_milli: int) -> tuple[int, int, int] | None:
         if gpus <= 0 or milli_per_gpu <= 0:
             return None
+        cpu = cpu_milli // CPU_STEP
         if milli_per_gpu < 1000:
-            return (threshold_column(milli_per_gpu), 0)
-        return (len(THRESHOLDS) - 1, gpus)
+            return (threshold_column(milli_per_gpu), 0, cpu)
+        return (len(THRESHOLDS) - 1, gpus, cpu)
 
     def add(self, milli_per_gpu: int, gpus: int, cpu_milli: int, sign: int = 1) -> None:
-        k = self.key(milli_per_gpu, gpus)
+        k = self.key(milli_per_gpu, gpus, cpu_milli)
         if k is None:
             return
         n = self._count.get(k, 0) + sign

@@ -116,7 +116,9 @@ class Scheduler:
                 if choice is not None:
                     node = cycle.state.names[choice.node]
                     gpu_index = cycle.state.gpu_index[choice.node][choice.col]
-                    plan.mig_relayouts.append(MigRelayout(node, gpu_index, choice.profiles, req.job_id, choice.cost))
+                    plan.mig_relayouts.append(
+                        MigRelayout(node, gpu_index, choice.profiles, req.job_id, choice.cost, choice.starts)
+                    )
                     cycle.state.block_gpu(choice.node, choice.col)
                     plan.unplaced[req.job_id] = (
                         f"{req.describe()}; waiting for node {node} GPU {gpu_index} to be re-laid-out as "

@@ -59,6 +59,7 @@ class MigRelayout:
     profiles: list[str]  # the full new layout: slices in use are kept, free ones may be replaced
     for_job_id: str = ""
     cost: int = 0  # free slices destroyed + 1 for the operation itself
+    starts: list[int] = field(default_factory=list)  # placement start of each profile (in-use ones unchanged)
 
 
 @dataclass(slots=True)

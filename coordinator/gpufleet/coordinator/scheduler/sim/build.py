@@ -78,11 +78,20 @@ def make_node(
     return pb.Node(inventory=inv, state=state, cordoned=cordoned)
 
 
-def set_mig_layout(gpu: pb.Gpu, profiles: Sequence[str], node_name: str, keep: Sequence[pb.MigInstance] = ()) -> None:
-    """Lay out ``profiles`` on ``gpu`` (placement rules from gpu_models); instances in ``keep`` (by profile and
-    start) keep their uuid and job."""
+def set_mig_layout(
+    gpu: pb.Gpu,
+    profiles: Sequence[str],
+    node_name: str,
+    keep: Sequence[pb.MigInstance] = (),
+    starts: Sequence[int] = (),
+) -> None:
+    """Lay out ``profiles`` on ``gpu`` (at ``starts`` when given, else planned by gpu_models' placement rules);
+    instances in ``keep`` (same profile and start) keep their uuid and job."""
     model = gpu_models.get_model(gpu.model)
-    placed = gpu_models.plan_layout(model, profiles) if profiles else []
+    if starts:
+        placed = [gpu_models.PlacedInstance(model.profile(p), s) for p, s in zip(profiles, starts, strict=True)]
+    else:
+        placed = gpu_models.plan_layout(model, profiles) if profiles else []
     kept = {(m.profile, m.placement_start): m for m in keep}
     del gpu.mig_instances[:]
     for gi, p in enumerate(placed, start=1):
