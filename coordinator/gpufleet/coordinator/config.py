@@ -46,7 +46,7 @@ class StoreConfig(_Section):
 
 
 class LeadershipConfig(_Section):
-    ttl_s: int = Field(default=5, ge=1)
+    ttl_s: int = Field(default=3, ge=1)
     """Leader lease TTL: a leader that cannot refresh it for this long loses leadership."""
 
 
@@ -69,6 +69,8 @@ class AgentsConfig(_Section):
 class SchedulingConfig(_Section):
     tick_s: float = Field(default=2.0, gt=0)
     """Periodic scheduling cycle (cycles also run on every new job, node change and job exit)."""
+    min_interval_s: float = Field(default=0.02, ge=0)
+    """Pause after a trigger before a cycle runs, so a burst of submissions is planned together."""
     txn_chunk: int = Field(default=48, ge=1, le=120)
     """Placements committed per store transaction (etcd allows 128 operations per txn by default)."""
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from gpufleet.common import lifecycle as lc
 from gpufleet.common.clock import Clock
-from gpufleet.common.errors import FailedPreconditionError, InvalidInputError, NotFoundError, Problem, StoreError
+from gpufleet.common.errors import (
+    FailedPreconditionError,
+    GpuFleetError,
+    InvalidInputError,
+    NotFoundError,
+    Problem,
+    StoreError,
+)
 from gpufleet.common.ids import new_job_id
 from gpufleet.common.jobspec import PRIORITY_CLASSES, check_spec
 from gpufleet.coordinator.state import job_rules, keys
@@ -17,6 +25,8 @@ from gpufleet.proto.v1 import types_pb2 as pb
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 MAX_REQUEST_ID = 128
+#: submissions committed together in one txn (2 puts + 2 compares each; etcd allows 128 ops per txn)
+SUBMIT_BATCH = 40
 
 
 def validate_spec(spec: pb.JobSpec) -> None:
@@ -26,11 +36,16 @@ def validate_spec(spec: pb.JobSpec) -> None:
 
 
 class JobManager:
-    """Leader-side job writes. Submissions are idempotent on request_id, race-free through the store txn."""
+    """Leader-side job writes. Submissions are idempotent on request_id, race-free through the store txn (the
+    request key is created only if absent, in the same txn as the job), and group-committed: concurrent
+    submissions share one txn."""
 
     def __init__(self, view: FleetView, clock: Clock) -> None:
         self.view = view
         self.clock = clock
+        self._queue: list[tuple[pb.Job, asyncio.Future[tuple[pb.Job, bool]]]] = []
+        self._committing = False
+        self._inflight: dict[str, asyncio.Future[tuple[pb.Job, bool]]] = {}
 
     async def submit(self, spec: pb.JobSpec, request_id: str) -> tuple[pb.Job, bool]:
         if len(request_id) > MAX_REQUEST_ID or "/" in request_id:
@@ -38,23 +53,61 @@ class JobManager:
         existing = await self._by_request(request_id)
         if existing is not None:
             return existing, False
+        inflight = self._inflight.get(request_id) if request_id else None
+        if inflight is not None:  # the same request is being committed right now
+            job, _ = await asyncio.shield(inflight)
+            return job, False
         validate_spec(spec)
         priority = PRIORITY_CLASSES.get(spec.priority or "normal", PRIORITY_CLASSES["normal"])
         job = job_rules.new_job(
             new_job_id(), spec, request_id=request_id, priority_value=priority, now_ms=self.clock.now_ms()
         )
+        fut: asyncio.Future[tuple[pb.Job, bool]] = asyncio.get_running_loop().create_future()
+        if request_id:
+            self._inflight[request_id] = fut
+            fut.add_done_callback(lambda _f: self._inflight.pop(request_id, None))
+        self._queue.append((job, fut))
+        if not self._committing:
+            await self._drain_queue()
+        return await fut
+
+    async def _drain_queue(self) -> None:
+        """Group commit: whoever finds no commit in flight commits everything queued, a batch per txn."""
+        self._committing = True
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:SUBMIT_BATCH], self._queue[SUBMIT_BATCH:]
+                try:
+                    await self._commit_batch(batch)
+                except GpuFleetError as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+        finally:
+            self._committing = False
+
+    async def _commit_batch(self, batch: list[tuple[pb.Job, asyncio.Future[tuple[pb.Job, bool]]]]) -> None:
         puts: list[Put] = []
         compares: list[Compare] = []
-        if request_id:
-            puts.append(Put(keys.request_key(request_id), job.id.encode()))
-            compares.append(Compare(keys.request_key(request_id), "version", "==", 0))
-        if await self.view.commit(jobs=[job], puts=puts, compares=compares):
-            return job, True
-        # lost the race to a concurrent submission with the same request_id
-        existing = await self._by_request(request_id, from_store=True)
+        for job, _ in batch:
+            if job.request_id:
+                puts.append(Put(keys.request_key(job.request_id), job.id.encode()))
+                compares.append(Compare(keys.request_key(job.request_id), "version", "==", 0))
+        if await self.view.commit(jobs=[j for j, _ in batch], puts=puts, compares=compares):
+            for job, fut in batch:
+                if not fut.done():
+                    fut.set_result((job, True))
+            return
+        if len(batch) > 1:  # some request id was taken meanwhile: settle each on its own
+            for item in batch:
+                await self._commit_batch([item])
+            return
+        job, fut = batch[0]
+        existing = await self._by_request(job.request_id, from_store=True)
         if existing is None:
-            raise StoreError(f"submission {request_id!r} conflicted but no job is recorded for it; retry")
-        return existing, False
+            fut.set_exception(StoreError(f"submission {job.request_id!r} conflicted but no job is recorded; retry"))
+        else:
+            fut.set_result((existing, False))
 
     async def _by_request(self, request_id: str, from_store: bool = False) -> pb.Job | None:
         if not request_id:

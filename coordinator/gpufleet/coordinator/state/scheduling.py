@@ -10,7 +10,6 @@ plans again from the refreshed view. An unplaced job's reason is written only wh
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -54,6 +53,10 @@ class SchedulingLoop:
         self.cycles = 0
         self.on_placed: list[Callable[[pb.Job], None]] = []
         self._relayouts_sent: dict[tuple[str, int], tuple[str, ...]] = {}
+        # Jobs that became pending since the last cycle. When nothing else changed (no capacity freed, no node
+        # change, no tick), a cycle only considers these: the others did not fit before and still do not.
+        self._new_pending: set[str] = set()
+        self._full = True
 
     # ------------------------------------------------------------------ FleetListener
 
@@ -69,7 +72,8 @@ class SchedulingLoop:
             if now:
                 self.state.bind(new)
         if new.state == lc.PENDING and (old is None or old.state != lc.PENDING):
-            self.trigger()
+            self._new_pending.add(new.id)
+            self._wake.set()
         elif was and not now:
             self.trigger()  # capacity freed
 
@@ -84,6 +88,8 @@ class SchedulingLoop:
             self.trigger()
 
     def trigger(self) -> None:
+        """Ask for a full cycle (every pending job is considered again: capacity or nodes changed)."""
+        self._full = True
         self._wake.set()
 
     # ------------------------------------------------------------------ loop
@@ -104,8 +110,12 @@ class SchedulingLoop:
 
     async def run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), self.config.tick_s)
+            except TimeoutError:
+                self._full = True
+            # coalesce a burst of submissions into one cycle
+            await asyncio.sleep(self.config.min_interval_s)
             self._wake.clear()
             try:
                 await self.cycle()
@@ -117,9 +127,14 @@ class SchedulingLoop:
                 self.trigger()
 
     async def cycle(self) -> Plan | None:
-        pending = sorted(
-            (j for j in self.view.jobs.values() if j.state == lc.PENDING), key=lambda j: (-j.priority_value, j.id)
-        )
+        if self._full:
+            candidates: list[pb.Job] = [j for j in self.view.jobs.values() if j.state == lc.PENDING]
+        else:
+            candidates = [j for j in map(self.view.jobs.get, self._new_pending) if j is not None]
+            candidates = [j for j in candidates if j.state == lc.PENDING]
+        self._full = False
+        self._new_pending.clear()
+        pending = sorted(candidates, key=lambda j: (-j.priority_value, j.id))
         if not pending:
             return None
         running = [j for j in self.view.jobs.values() if j.state in lc.ACTIVE]
