@@ -68,6 +68,7 @@ class AgentProcess:
             "[connection]\nreconnect_initial_s = 0.1\nreconnect_max_s = 0.5\nrpc_timeout_s = 2.0\n"
             "[jobs]\ncheck_interval_s = 0.1\ndefault_grace_period_s = 2\n"
             "[sharing]\nbusy_sample_interval_s = 0.5\nmemory_grace_s = 0\n"
+            '[interruptions]\nprovider = "none"\n'  # never poll a cloud metadata service from tests
         )
         return path
 

@@ -14,6 +14,7 @@ import pytest
 
 from gpufleet.proto.v1 import agent_pb2 as apb
 from gpufleet.proto.v1 import types_pb2 as pb
+from tests.fakes.metadata import FakeMetadata
 from tests.integration.agent_process import AgentProcess, kill_group, pid_alive
 from tests.integration.fake_coordinator import FakeCoordinator, FakeCoordinatorServer
 
@@ -192,3 +193,31 @@ async def test_follows_redirect_and_not_leader_metadata(agents: list[AgentProces
     finally:
         for s in (leader, follower, refuser):
             await s.stop()
+
+
+async def test_spot_interruption_notice_is_forwarded_and_resent_after_reconnect(
+    coordinator: FakeCoordinatorServer, agents: list[AgentProcess], tmp_path: Path
+) -> None:
+    metadata = FakeMetadata().start()
+    try:
+        metadata.gcp_preempted = True
+        env = {
+            "GPUFLEET_AGENT__INTERRUPTIONS__PROVIDER": "gcp",
+            "GPUFLEET_AGENT__INTERRUPTIONS__GCP_ENDPOINT": metadata.url,
+            "GPUFLEET_AGENT__INTERRUPTIONS__POLL_INTERVAL_S": "0.2",
+        }
+        agents.append(AgentProcess(tmp_path, coordinator.address, env=env).start())
+        fc = coordinator.servicer
+
+        def notices() -> list[apb.SpotInterruption]:
+            return [e.spot_interruption for e in fc.events() if e.WhichOneof("body") == "spot_interruption"]
+
+        [notice] = await fc.wait_for(notices, what="spot interruption event")
+        assert notice.provider == "gcp" and notice.kind == "preempt"
+        await coordinator.stop()
+        fc.received.clear()
+        await coordinator.start()
+        [again] = await fc.wait_for(notices, what="notice re-sent after reconnect")
+        assert again.kind == "preempt"
+    finally:
+        metadata.stop()

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 
 from gpufleet.agent.enforcement.config import SharingConfig
+from gpufleet.agent.interruptions import WATCHERS, InterruptionSettings
 from gpufleet.common.errors import InvalidInputError, Problem
 
 DEFAULT_CONFIG_FILE = Path("/etc/gpufleet/agent.toml")
@@ -109,6 +110,8 @@ class AgentSettings(BaseSettings):
     connection: ConnectionSettings = ConnectionSettings()
     jobs: JobsSettings = JobsSettings()
     sharing: SharingConfig = SharingConfig()
+    interruptions: InterruptionSettings = InterruptionSettings()
+    """Cloud interruption (spot) watcher; provider ``auto`` uses ``provider`` above, else local DMI evidence."""
 
     @field_validator("coordinators", mode="before")
     @classmethod
@@ -148,6 +151,20 @@ class AgentSettings(BaseSettings):
             if unknown:
                 raise ValueError(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
             return SharingConfig(**v)
+        return v
+
+    @field_validator("interruptions", mode="before")
+    @classmethod
+    def _check_interruptions(cls, v: object) -> object:
+        if isinstance(v, Mapping):
+            known = {f.name for f in dataclasses.fields(InterruptionSettings)}
+            unknown = sorted(set(v) - known)
+            if unknown:
+                raise ValueError(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            provider = v.get("provider", "auto")
+            if provider not in ("auto", "none", *WATCHERS):
+                raise ValueError(f"provider {provider!r}: use auto, none, {', '.join(WATCHERS)}")
+            return TypeAdapter(InterruptionSettings).validate_python(dict(v))
         return v
 
     @classmethod

@@ -41,6 +41,9 @@ class AgentPeer(Protocol):
     def status(self) -> apb.AgentStatus: ...
     async def on_desired(self, desired: apb.DesiredState) -> None: ...
     async def on_command(self, command: apb.Command) -> list[apb.AgentMessage]: ...
+    def after_register(self) -> list[apb.AgentMessage]:
+        """Messages to send right after each registration (e.g. a pending spot interruption notice)."""
+        ...
 
 
 class _RedirectedError(Exception):
@@ -146,6 +149,8 @@ class CoordinatorClient:
                     raise _RedirectedError(first.redirect.leader_address)
                 queue: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
                 self._queue = queue
+                for m in self.peer.after_register():
+                    queue.put_nowait(m)
                 self.connected_address = address
                 self.sessions += 1
                 log.info("registered with coordinator %s", address)

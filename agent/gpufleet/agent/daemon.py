@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from gpufleet.agent.config import AgentSettings
 from gpufleet.agent.coordinator_client import CoordinatorClient
 from gpufleet.agent.enforcement import GpuSharing
 from gpufleet.agent.enforcement.memory import REASON as MEMORY_REASON
+from gpufleet.agent.interruptions import WATCHERS, watch_interruptions
 from gpufleet.agent.jobs.manager import JobManager
 from gpufleet.agent.local_state import JobRecord, LocalState
 from gpufleet.common.clock import Clock, SystemClock
@@ -95,6 +97,7 @@ class AgentDaemon:
         self.draining: apb.Drain | None = None
         self._last_inventory: bytes = b""
         self._unhealthy: set[int] = set()
+        self._interruptions: list[apb.SpotInterruption] = []
         self._stop = asyncio.Event()
         self.metrics_port = 0
 
@@ -130,6 +133,7 @@ class AgentDaemon:
                     tg.create_task(self._health_loop(), name="gpu-health"),
                     tg.create_task(self._gc_loop(), name="log-gc"),
                     tg.create_task(self._watchdog_loop(), name="systemd-watchdog"),
+                    tg.create_task(self._interruption_loop(), name="interruptions"),
                 ]
                 sd_notify("READY=1\nSTATUS=running")
                 await self._stop.wait()
@@ -170,6 +174,20 @@ class AgentDaemon:
         while True:
             sd_notify("WATCHDOG=1")
             await asyncio.sleep(usec / 2e6)
+
+    async def _interruption_loop(self) -> None:
+        """Forward cloud interruption notices; they are re-sent after every (re-)registration until the
+        instance goes away, so a notice seen while disconnected still reaches the coordinator."""
+        settings = self.settings.interruptions
+        if settings.provider == "auto" and self.settings.provider in WATCHERS:
+            settings = dataclasses.replace(settings, provider=self.settings.provider)
+        async for event in watch_interruptions(settings):
+            log.warning("cloud interruption notice: %s %s (deadline %d)", event.kind, event.detail, event.deadline_ms)
+            self._interruptions.append(event)
+            self.client.send_event(apb.AgentEvent(spot_interruption=event))
+
+    def after_register(self) -> list[apb.AgentMessage]:
+        return [apb.AgentMessage(event=apb.AgentEvent(spot_interruption=e)) for e in self._interruptions]
 
     async def _gc_loop(self) -> None:
         while True:

@@ -101,3 +101,13 @@ def test_cli_check_config_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     cfg = write(tmp_path, 'coordinators = ["c:1"]\ntypo_key = 1\n')
     assert main(["--config", str(cfg), "--check-config"]) == 2
     assert "typo_key" in capsys.readouterr().err
+
+
+def test_interruptions_section(tmp_path: Path) -> None:
+    cfg = write(tmp_path, 'coordinators = ["c:1"]\n[interruptions]\nprovider = "aws"\ndmi_dir = "/x"\n')
+    s = load_settings(cfg)
+    assert s.interruptions.provider == "aws" and s.interruptions.dmi_dir == Path("/x")
+    with pytest.raises(InvalidInputError, match="provider 'ibm'"):
+        load_settings(write(tmp_path, 'coordinators = ["c:1"]\n[interruptions]\nprovider = "ibm"\n'))
+    with pytest.raises(InvalidInputError, match="pol_interval_s"):
+        load_settings(write(tmp_path, 'coordinators = ["c:1"]\n[interruptions]\npol_interval_s = 1\n'))
