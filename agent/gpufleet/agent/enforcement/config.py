@@ -10,12 +10,17 @@ from gpufleet.common.errors import InvalidInputError, Problem
 
 @dataclass(frozen=True, slots=True)
 class SharingConfig:
-    quantum_ms: int = 100
+    quantum_ms: int = 200
     """Mean turn length of a time-sliced job. A round on a GPU lasts ``quantum_ms x jobs`` and each job's turn
-    in it is proportional to its share (gpu_milli). Shorter: smoother, more SIGSTOP/SIGCONT switches."""
+    in it is proportional to its share (gpu_milli). Shorter: smoother for interactive jobs, but more
+    SIGSTOP/SIGCONT switches (each costs the agent ~0.1 ms of kernel time; see bench/agent.py)."""
 
     min_turn_ms: int = 10
     """No turn is shorter than this (tiny shares get at least this much, then wait longer)."""
+
+    slice_tick_ms: int = 10
+    """Turns end on a grid of this many milliseconds, so the slicers of all GPUs switch in one wake-up of
+    the agent (fewer wake-ups, less CPU); rounding errors are paid back at the next turn. 0: no grid."""
 
     busy_sample_interval_s: float = 1.0
     """Telemetry / memory-watchdog period while at least one job is attached."""
@@ -43,6 +48,8 @@ class SharingConfig:
             problems.append(Problem("sharing.quantum_ms", "must be >= 1 (milliseconds)"))
         if not 1 <= self.min_turn_ms <= max(1, self.quantum_ms):
             problems.append(Problem("sharing.min_turn_ms", "must be between 1 and quantum_ms"))
+        if not 0 <= self.slice_tick_ms <= self.min_turn_ms:
+            problems.append(Problem("sharing.slice_tick_ms", "must be between 0 and min_turn_ms"))
         if self.busy_sample_interval_s <= 0 or self.idle_sample_interval_s <= 0:
             problems.append(Problem("sharing.busy_sample_interval_s", "sampling intervals must be > 0 seconds"))
         if self.idle_sample_interval_s < self.busy_sample_interval_s:

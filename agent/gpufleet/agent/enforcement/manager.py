@@ -194,7 +194,8 @@ class GpuSharing:
             elif job.sliced_on is None:
                 slicer = self._slicers.get(d.gpu_index)
                 if slicer is None:
-                    slicer = GpuSlicer(d.gpu_index, self.config.quantum_ms, self.config.min_turn_ms, self._clock)
+                    c = self.config
+                    slicer = GpuSlicer(d.gpu_index, c.quantum_ms, c.min_turn_ms, self._clock, c.slice_tick_ms)
                     self._slicers[d.gpu_index] = slicer
                 slicer.add(job_id, pgid, v.share_milli, strict)
                 job.sliced_on = d.gpu_index
@@ -382,12 +383,13 @@ class GpuSharing:
             await self._sleep(max(0.0, self.sampling_interval_s() - (self._clock() - started)))
 
     async def _slice_loop(self) -> None:
+        slack = 0.001  # step every slicer due within 1 ms in the same wake-up
         while True:
             now = self._clock()
             deadlines = []
             for s in list(self._slicers.values()):
                 if s.active:
-                    if s.deadline <= now:
+                    if s.deadline <= now + slack:
                         s.step(now)
                     deadlines.append(s.deadline)
             await self._sleep(max(0.0, min(deadlines) - self._clock()) if deadlines else None)

@@ -15,6 +15,7 @@ Every pause is undone: removing a job or closing the slicer sends SIGCONT.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
@@ -59,10 +60,12 @@ class GpuSlicer:
         quantum_ms: int,
         min_turn_ms: int,
         clock: Callable[[], float] = time.monotonic,
+        tick_ms: int = 0,
     ) -> None:
         self.gpu_index = gpu_index
         self.quantum_s = quantum_ms / 1000
         self.min_turn_s = min_turn_ms / 1000
+        self.tick_s = tick_ms / 1000
         self._clock = clock
         self._members: dict[str, _Member] = {}
         self._current: str | None = None  # job id whose turn it is, IDLE, or None when not slicing
@@ -211,5 +214,10 @@ class GpuSlicer:
                         self._members.pop(job_id)
         self._current = nxt
         self._idle_since = now if nxt == IDLE else None
-        self._turn_end = now + turn
+        end = now + turn
+        if self.tick_s > 0:
+            # end turns on a shared grid so the slicers of all GPUs switch in the same wake-up;
+            # the rounding is paid back through the deficit at the next turn
+            end = math.ceil(end / self.tick_s) * self.tick_s
+        self._turn_end = end
         return self._turn_end
