@@ -1,0 +1,128 @@
+"""End to end on one machine: a real coordinator (in-process, embedded store), the Autoscaler registered as a
+leader-only subsystem, and the fake provider starting real simulated agents as local processes.
+
+A job that fits no node makes the autoscaler buy a node; the agent registers, the job runs and succeeds; the
+idle node is then cordoned, drained and terminated (its agent process ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gpufleet.coordinator.autoscaler.config import AutoscalerConfig, NodePoolConfig
+from gpufleet.coordinator.autoscaler.instance import InstanceStatus
+from gpufleet.coordinator.autoscaler.reconciler import ClusterPorts
+from gpufleet.coordinator.autoscaler.service import Autoscaler
+from gpufleet.coordinator.autoscaler.storage import StoreInstanceStorage
+from gpufleet.coordinator.config import CoordinatorSettings
+from gpufleet.coordinator.providers.catalog import Catalog
+from gpufleet.coordinator.providers.fake import FakeAgentSettings, FakeProvider
+from gpufleet.coordinator.providers.registry import ProviderRegistry
+from gpufleet.coordinator.server import CoordinatorServer
+from gpufleet.coordinator.store import open_store
+from gpufleet.proto.v1 import jobs_pb2 as jpb
+from gpufleet.proto.v1 import jobs_pb2_grpc
+from gpufleet.proto.v1 import types_pb2 as pb
+
+pytestmark = pytest.mark.slow
+
+
+async def _until(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if await predicate():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+async def test_pending_job_buys_a_node_runs_and_the_idle_node_goes_away(tmp_path: Path) -> None:
+    settings = CoordinatorSettings(
+        state_dir=tmp_path / "coord",
+        server={"listen": "127.0.0.1:0"},  # type: ignore[arg-type]
+        scheduling={"tick_s": 0.5},  # type: ignore[arg-type]
+        agents={"status_interval_ms": 200, "resync_interval_s": 0.5},  # type: ignore[arg-type]
+    )
+    store = open_store("embedded", tmp_path / "coord")
+    server = CoordinatorServer(settings, store)
+    c = server.coordinator
+    cloud = FakeProvider(agent=FakeAgentSettings(server.address, tmp_path / "agents"))
+
+    async def cordon(node: str, reason: str) -> None:
+        await c.nodes.cordon(node, reason)
+
+    async def drain(node: str, reason: str, deadline_ms: int) -> None:
+        await c.nodes.drain(node, max(1, (deadline_ms - c.clock.now_ms()) // 1000), reason)
+
+    ports = ClusterPorts(
+        nodes=lambda: list(c.view.nodes.values()),
+        pending_jobs=lambda: c.view.jobs_in(pb.JOB_STATE_PENDING),
+        running_jobs=lambda: c.view.jobs_in(pb.JOB_STATE_SCHEDULED, pb.JOB_STATE_RUNNING),
+        cordon=cordon,
+        drain=drain,
+    )
+    pool = NodePoolConfig(
+        name="l4",
+        provider="fake",
+        regions=["local-a"],
+        instance_types=["sim-l4x1"],
+        spot="never",
+        idle_timeout_s=2,
+        max_nodes=2,
+    )  # type: ignore[arg-type]
+    config = AutoscalerConfig(pools=[pool], interval_s=0.5, pending_grace_s=0, boot_timeout_s=60, new_node_grace_s=30)
+    scaler = Autoscaler(
+        config,
+        ProviderRegistry([cloud]),
+        ports,
+        catalog=Catalog.builtin(["fake"]),
+        storage=StoreInstanceStorage(store, c.elector.leader_txn),
+    )
+    c.add_leader_subsystem(scaler)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(server.serve(stop))
+    channel = grpc.aio.insecure_channel(server.address)
+    try:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        spec = pb.JobSpec(name="hello", team="ml", nodes=1, command=[sys.executable, "-c", "print('hi')"])
+        spec.resources.gpu_milli = 1000
+        spec.resources.gpu_models.append("L4")
+
+        async def submitted() -> bool:
+            try:
+                await jobs.SubmitJob(jpb.SubmitJobRequest(spec=spec, request_id="e2e-1"), timeout=5)
+                return True
+            except grpc.aio.AioRpcError as e:
+                if e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE):
+                    return False  # no leader yet
+                raise
+
+        await _until(submitted, 30, "the coordinator to accept a job")
+        job_id = (await jobs.ListJobs(jpb.ListJobsRequest(), timeout=5)).jobs[0].id
+
+        async def succeeded() -> bool:
+            job = await jobs.GetJob(jpb.GetJobRequest(id=job_id), timeout=5)
+            return job.state == pb.JOB_STATE_SUCCEEDED
+
+        await _until(succeeded, 60, "the job to succeed on an autoscaled node")
+        (inst,) = scaler.instances()
+        assert inst.instance_type == "sim-l4x1" and inst.node in c.view.nodes
+
+        async def removed() -> bool:
+            return scaler.instances()[0].status == InstanceStatus.TERMINATED
+
+        await _until(removed, 60, "the idle node to be drained and terminated")
+        assert not [i for i in await cloud.list_instances() if i.state.value != "terminated"]
+        history = [h.dst for h in scaler.instances()[0].history]
+        assert history[-3:] == [InstanceStatus.DRAINING, InstanceStatus.TERMINATING, InstanceStatus.TERMINATED]
+    finally:
+        await channel.close()
+        stop.set()
+        await asyncio.wait_for(serving, 30)
+        await cloud.close()
