@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -123,6 +125,26 @@ class CoordinatorServer:
             await self.store.close()
 
 
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify units) about our state; a no-op outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(state.encode(), path)
+
+
+async def _watchdog() -> None:
+    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    if not usec:
+        return
+    while True:  # pings only while the event loop runs
+        sd_notify("WATCHDOG=1")
+        await asyncio.sleep(usec / 2_000_000)
+
+
 async def run_server(settings: CoordinatorSettings, store: ClusterStore) -> None:
     server = CoordinatorServer(settings, store)
     stop = asyncio.Event()
@@ -130,4 +152,10 @@ async def run_server(settings: CoordinatorSettings, store: ClusterStore) -> None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"gpufleet coordinator {server.identity} listening on {server.address}", flush=True)
-    await server.serve(stop)
+    sd_notify("READY=1")
+    watchdog = asyncio.create_task(_watchdog())
+    try:
+        await server.serve(stop)
+    finally:
+        sd_notify("STOPPING=1")
+        watchdog.cancel()
