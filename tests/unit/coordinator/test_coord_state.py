@@ -1,0 +1,208 @@
+"""The leader's state logic on a real embedded store and a real elector (in one process, no gRPC):
+submissions, agent reconciliation, node liveness, drain and cost accounting."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gpufleet.common import lifecycle as lc
+from gpufleet.common.clock import FakeClock
+from gpufleet.coordinator.config import AgentsConfig, CostConfig, LivenessConfig
+from gpufleet.coordinator.leadership import LeaderElector
+from gpufleet.coordinator.state import job_rules, keys
+from gpufleet.coordinator.state.costs import PRICE_LABEL, CostAccountant
+from gpufleet.coordinator.state.fleet import FleetView, copy_job
+from gpufleet.coordinator.state.jobs import JobManager
+from gpufleet.coordinator.state.liveness import LivenessChecker
+from gpufleet.coordinator.state.nodes import NodeManager
+from gpufleet.coordinator.state.reconcile import AgentReconciler
+from gpufleet.coordinator.state.sessions import AgentSessions
+from gpufleet.coordinator.store.embedded import EmbeddedStore
+from gpufleet.proto.v1 import agent_pb2 as apb
+from gpufleet.proto.v1 import types_pb2 as pb
+
+
+@dataclass
+class Leader:
+    store: EmbeddedStore
+    clock: FakeClock
+    view: FleetView
+    sessions: AgentSessions
+    jobs: JobManager
+    nodes: NodeManager
+    reconciler: AgentReconciler
+    liveness: LivenessChecker
+
+
+@pytest.fixture
+async def leader(tmp_path: Path) -> AsyncIterator[Leader]:
+    store = EmbeddedStore(tmp_path / "store.db")
+    elector = LeaderElector(store, identity="t1", address="127.0.0.1:1", ttl_s=3)
+    task = asyncio.create_task(elector.run())
+    for _ in range(100):
+        if elector.is_leader:
+            break
+        await asyncio.sleep(0.02)
+    assert elector.is_leader
+    clock = FakeClock()
+    view = FleetView(store, elector)
+    await view.load()
+    sessions = AgentSessions(view, AgentsConfig(), clock)
+    view.listeners.append(sessions)
+    liveness = LivenessChecker(view, sessions, LivenessConfig(node_timeout_s=5), clock)
+    liveness.start()
+    try:
+        yield Leader(
+            store,
+            clock,
+            view,
+            sessions,
+            JobManager(view, clock),
+            NodeManager(view, clock, 60),
+            AgentReconciler(view, sessions, clock),
+            liveness,
+        )
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+
+
+def _spec(**kw: object) -> pb.JobSpec:
+    spec = pb.JobSpec(name="t", team="ml", project="p", command=["true"], nodes=1, **kw)  # type: ignore[arg-type]
+    spec.resources.gpu_milli = 1000
+    return spec
+
+
+def _inventory(name: str = "n1", gpus: int = 2) -> pb.NodeInventory:
+    inv = pb.NodeInventory(name=name, address="127.0.0.1")
+    for i in range(gpus):
+        inv.gpus.append(pb.Gpu(index=i, uuid=f"GPU-{name}-{i}", model="H100-80GB", memory_mib=81920, healthy=True))
+    return inv
+
+
+async def _placed_on(ld: Leader, node: str, **kw: object) -> pb.Job:
+    job, _ = await ld.jobs.submit(_spec(**kw), "")
+    j = copy_job(ld.view.job(job.id))
+    job_rules.place(j, [pb.TaskAssignment(node=node)], now_ms=ld.clock.now_ms())
+    assert await ld.view.commit(jobs=[j])
+    return ld.view.job(job.id)
+
+
+async def test_concurrent_retries_of_one_request_create_one_job(leader: Leader) -> None:
+    results = await asyncio.gather(*[leader.jobs.submit(_spec(), "req-1") for _ in range(6)])
+    assert len({job.id for job, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    kvs, _ = await leader.store.range(keys.JOBS)
+    assert len(kvs) == 1
+
+
+async def test_many_concurrent_submissions_all_land(leader: Leader) -> None:
+    results = await asyncio.gather(*[leader.jobs.submit(_spec(), f"r{i}") for i in range(100)])
+    assert all(created for _, created in results)
+    kvs, _ = await leader.store.range(keys.JOBS)
+    reqs, _ = await leader.store.range(keys.REQUESTS)
+    assert len(kvs) == 100 and len(reqs) == 100
+
+
+async def test_agent_reports_move_a_job_to_running_then_succeeded(leader: Leader) -> None:
+    await leader.nodes.register(_inventory())
+    job = await _placed_on(leader, "n1")
+    session = leader.sessions.open("n1", "agent-1")
+    desired = leader.sessions.desired_state("n1", session.acked_exits)
+    assert [d.job_id for d in desired.jobs] == [job.id]
+    running = apb.LocalJob(job_id=job.id, attempt=1, state=apb.LOCAL_JOB_STATE_RUNNING)
+    await leader.reconciler.on_register(session, [running])
+    assert leader.view.job(job.id).state == lc.RUNNING
+    exited = apb.LocalJob(job_id=job.id, attempt=1, state=apb.LOCAL_JOB_STATE_EXITED, reason="SUCCEEDED")
+    await leader.reconciler.on_jobs(session, [exited])
+    assert leader.view.job(job.id).state == lc.SUCCEEDED
+    desired = leader.sessions.desired_state("n1", session.acked_exits)
+    assert not desired.jobs and list(desired.acknowledged_exits) == [job.id]
+    stored = keys.job_from_kv(await leader.store.get(keys.job_key(job.id)))  # type: ignore[arg-type]
+    assert stored.state == lc.SUCCEEDED
+
+
+async def test_running_job_missing_from_register_is_lost_and_requeued(leader: Leader) -> None:
+    await leader.nodes.register(_inventory())
+    job = await _placed_on(leader, "n1")
+    session = leader.sessions.open("n1", "agent-1")
+    await leader.reconciler.on_jobs(session, [apb.LocalJob(job_id=job.id, attempt=1, state=2)])
+    assert leader.view.job(job.id).state == lc.RUNNING
+    await leader.reconciler.on_register(leader.sessions.open("n1", "agent-2"), [])
+    after = leader.view.job(job.id)
+    assert after.state == lc.PENDING and not after.assignments
+    assert [lc.state_name(t.to_state) for t in after.history][-2:] == ["LOST", "PENDING"]
+
+
+async def test_stale_attempt_is_not_wanted_and_exit_is_not_acked_while_new_attempt_runs(leader: Leader) -> None:
+    await leader.nodes.register(_inventory())
+    job = await _placed_on(leader, "n1")
+    j = copy_job(job)
+    job_rules.requeue_or_fail(j, lc.LOST, now_ms=1, reason="NODE_LOST", message="", failed=True)
+    job_rules.place(j, [pb.TaskAssignment(node="n1")], now_ms=2)
+    assert await leader.view.commit(jobs=[j])
+    session = leader.sessions.open("n1", "agent-1")
+    old_exit = apb.LocalJob(job_id=job.id, attempt=1, state=apb.LOCAL_JOB_STATE_EXITED, reason="STOPPED")
+    await leader.reconciler.on_jobs(session, [old_exit])
+    assert leader.view.job(job.id).state == lc.SCHEDULED  # attempt 2 is untouched
+    desired = leader.sessions.desired_state("n1", session.acked_exits)
+    assert [(d.job_id, d.attempt) for d in desired.jobs] == [(job.id, 2)]
+    assert job.id not in desired.acknowledged_exits
+
+
+async def test_silent_node_becomes_not_ready_and_its_jobs_requeue(leader: Leader) -> None:
+    await leader.nodes.register(_inventory())
+    job = await _placed_on(leader, "n1")
+    leader.sessions.open("n1", "agent-1")
+    leader.clock.advance(3)
+    await leader.liveness.check()
+    assert leader.view.node("n1").state == pb.NODE_STATE_READY
+    leader.clock.advance(3)  # 6 s without a message, timeout 5 s: connected but silent counts as gone
+    await leader.liveness.check()
+    assert leader.view.node("n1").state == pb.NODE_STATE_NOT_READY
+    assert not leader.sessions.connected("n1")
+    assert leader.view.job(job.id).state == lc.PENDING
+    node = await leader.nodes.register(_inventory())
+    assert node.state == pb.NODE_STATE_READY
+
+
+async def test_drain_requeues_preemptible_now_and_the_rest_at_the_deadline(leader: Leader) -> None:
+    await leader.nodes.register(_inventory())
+    leader.sessions.open("n1", "agent-1")
+    pre = await _placed_on(leader, "n1", preemptible=True)
+    keep = await _placed_on(leader, "n1")
+    node = await leader.nodes.drain("n1", 10, "maintenance")
+    assert node.state == pb.NODE_STATE_DRAINING and node.cordoned
+    assert leader.view.job(pre.id).state == lc.PENDING
+    assert leader.view.job(keep.id).state == lc.SCHEDULED
+    leader.clock.advance(11)
+    leader.sessions.seen("n1")
+    await leader.liveness.check()
+    assert leader.view.job(keep.id).state == lc.PENDING
+    await leader.liveness.check()
+    assert leader.view.node("n1").state == pb.NODE_STATE_DRAINED
+    back = await leader.nodes.uncordon("n1")
+    assert back.state == pb.NODE_STATE_READY and not back.cordoned
+
+
+async def test_cost_report_uses_run_time_share_and_node_price(leader: Leader) -> None:
+    inv = _inventory()
+    inv.labels[PRICE_LABEL] = "4000000"  # $4 per GPU-hour
+    await leader.nodes.register(inv)
+    job = await _placed_on(leader, "n1")
+    j = copy_job(leader.view.job(job.id))
+    del j.assignments[0].devices[:]
+    j.assignments[0].devices.append(pb.DeviceAssignment(gpu_index=0, gpu_milli=500))
+    t0 = leader.clock.now_ms()
+    job_rules.mark_running(j, node="n1", now_ms=t0)
+    job_rules.record_exit(j, apb.LocalJob(state=apb.LOCAL_JOB_STATE_EXITED), node="n1", now_ms=t0 + 1_800_000)
+    assert await leader.view.commit(jobs=[j])
+    costs = CostAccountant(leader.store, CostConfig(), leader.clock)
+    report = await costs.report(t0 - 1000, t0 + 3_600_000, 0, "")
+    assert [(r.key, r.cost_micros, r.jobs) for r in report.rows] == [("ml", 1_000_000, 1)]  # 0.5 GPU x 0.5 h x $4
