@@ -152,3 +152,29 @@ def test_config_errors_name_the_field() -> None:
         SharingConfig(quantum_ms=0)
     with pytest.raises(InvalidInputError, match=r"sharing\.mps"):
         SharingConfig(mps="sometimes")  # type: ignore[arg-type]
+
+
+async def test_a_failed_sample_does_not_stop_the_loops(tmp_path: Path) -> None:
+    from gpufleet.agent.backends.nvml import NvmlBackend
+    from gpufleet.agent.backends.nvml.fake_driver import FakeNvmlDriver
+    from tests.unit.agent.fixtures.procs import load_recording
+
+    driver = FakeNvmlDriver(load_recording())
+    backend = NvmlBackend(driver, node_name="dgx")
+    gs = GpuSharing(
+        backend, tmp_path, SharingConfig(busy_sample_interval_s=0.05), Stops(), registry=CollectorRegistry()
+    )
+    gs.attach("j", 999999, [pb.DeviceAssignment(gpu_index=0, mode=pb.SHARING_MODE_EXCLUSIVE)], strict=False)
+    driver.fail_next["memory_info"] = 999  # an unknown NVML error on the next sample
+    task = asyncio.create_task(gs.run())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if gs.telemetry():
+                break
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert gs.enforcement_actions().get(("sample_failed", "BackendError")) == 1
+    assert len(gs.telemetry()) == 8  # the next sample worked

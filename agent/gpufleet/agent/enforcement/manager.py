@@ -40,6 +40,7 @@ from gpufleet.agent.enforcement.proctree import JobProcessIndex
 from gpufleet.agent.enforcement.timeslice import GpuSlicer
 from gpufleet.agent.enforcement.usage import JobUsage
 from gpufleet.common.errors import (
+    BackendError,
     FailedPreconditionError,
     InvalidInputError,
     NotFoundError,
@@ -379,7 +380,11 @@ class GpuSharing:
     async def _sample_loop(self) -> None:
         while True:
             started = self._clock()
-            await self.sample_once()
+            try:
+                await self.sample_once()
+            except BackendError as e:  # a failed sample must not stop enforcement; the next one retries
+                self._actions[("sample_failed", type(e).__name__)] += 1
+                log.warning("GPU sample failed: %s", e)
             await self._sleep(max(0.0, self.sampling_interval_s() - (self._clock() - started)))
 
     async def _slice_loop(self) -> None:

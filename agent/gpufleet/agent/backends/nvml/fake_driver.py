@@ -61,6 +61,7 @@ class FakeNvmlDriver:
         self.devices: list[dict[str, Any]] = self.rec["devices"]
         self.events: list[dict[str, Any]] = list(self.rec.get("events", []))
         self.calls: list[str] = []  # names of mutating calls, for tests
+        self.fail_next: dict[str, int] = {}  # call name -> NVML code its next call fails with (tests)
         self.initialized = False
 
     # ------------------------------------------------------------------ helpers
@@ -120,6 +121,9 @@ class FakeNvmlDriver:
         return str(self._dev(h)["name"])
 
     def memory_info(self, h: Handle) -> MemoryInfo:
+        code = self.fail_next.pop("memory_info", 0)
+        if code:
+            raise NvmlError(code, "injected failure")
         if h[0] == "mig":
             ci = self._ci(h)
             used = sum(p["used_bytes"] or 0 for p in ci.get("processes", []))
