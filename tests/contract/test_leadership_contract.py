@@ -196,3 +196,32 @@ async def test_paused_leader_process_cannot_write_after_another_won(etcd_server:
             await stop(tb)
         reap(proc)
         await store.close()
+
+
+async def test_leader_steps_down_when_etcd_is_gone_past_the_ttl_and_leads_again_after(
+    fresh_etcd_server: EtcdServer, tmp_path: Path
+) -> None:
+    store = open_store(fresh_etcd_server.url, tmp_path)
+    toggles: list[bool] = []
+
+    class Sub:
+        async def set_enabled(self, enabled: bool) -> None:
+            toggles.append(enabled)
+
+    a = LeaderElector(store, identity="a", address="a:7000", ttl_s=2)
+    a.add_subsystem(Sub())
+    ta = asyncio.create_task(a.run())
+    try:
+        await until(lambda: a.is_leader)
+        first_epoch = a.leader.epoch  # type: ignore[union-attr]
+        fresh_etcd_server.kill()
+        took = await until(lambda: not a.is_leader, timeout=6)
+        assert took <= 2 + 0.5  # no refresh within the TTL: it cannot know it still leads
+        assert toggles == [True, False]
+        fresh_etcd_server.start()
+        await until(lambda: a.is_leader, timeout=10)
+        assert a.leader is not None and a.leader.epoch > first_epoch
+        assert toggles == [True, False, True]
+    finally:
+        await stop(ta)
+        await store.close()

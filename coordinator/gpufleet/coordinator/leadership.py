@@ -107,6 +107,8 @@ class LeaderElector:
         self._leader_changed = asyncio.Event()
         self._keeper: LeaseKeeper | None = None
         self._hold_off_until = 0.0
+        self._stale_leases: list[int] = []  # leases of ended sessions we could not revoke yet
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- public state ------------------------------------------------------------------------------------------
 
@@ -131,7 +133,9 @@ class LeaderElector:
         """Register a leader-only subsystem; enabled on winning, disabled (first thing) on losing."""
         self._subsystems.append(s)
         if self._is_leader:
-            asyncio.get_running_loop().create_task(self._sync_subsystems())
+            task = asyncio.get_running_loop().create_task(self._sync_subsystems())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def fence(self) -> list[Compare]:
         """Compares that hold only while we still lead (never hold when we do not)."""
@@ -229,6 +233,7 @@ class LeaderElector:
         ).encode()
         registration = json.dumps({"address": self.address, "registered_ms": now_ms}, sort_keys=True).encode()
         await self.store.put(self.replica_key, registration, lease=lease)
+        await self._revoke_stale_leases()
         keep = asyncio.ensure_future(keeper.run())
         campaign = asyncio.ensure_future(self._campaign(lease))
         try:
@@ -251,8 +256,17 @@ class LeaderElector:
         keeper, self._keeper = self._keeper, None
         if keeper is None:
             return
-        with contextlib.suppress(StoreError, TimeoutError):  # best effort: followers take over at once
+        try:  # so that followers take over at once rather than after the TTL
             await asyncio.wait_for(self.store.revoke_lease(keeper.lease), 2)
+        except (StoreError, TimeoutError):
+            self._stale_leases.append(keeper.lease)  # retried by the next session, once the store answers
+
+    async def _revoke_stale_leases(self) -> None:
+        """Revoke leases of earlier sessions (their leader key would block every campaign until it expires,
+        and etcd gives every lease a full TTL again after a restart)."""
+        while self._stale_leases:
+            await self.store.revoke_lease(self._stale_leases[0])
+            self._stale_leases.pop(0)
 
     async def _campaign(self, lease: int) -> None:
         """Try to win; when someone else leads, watch the key and try again when it disappears."""

@@ -20,6 +20,7 @@ from gpufleet.coordinator.store.etcd import EtcdStore
 from tests.helpers.etcd_server import ETCD_BINARY, EtcdServer, etcd_available, running_etcd
 
 pytestmark = pytest.mark.timeout(60)
+TTL_S = 3  # short, with some margin for a loaded test machine
 
 
 class Recorder:
@@ -41,7 +42,7 @@ class ReplicaThread:
 
     async def _main(self) -> None:
         store = EtcdStore([self.endpoint])
-        self.elector = LeaderElector(store, identity="b", address="b:7000", ttl_s=2)
+        self.elector = LeaderElector(store, identity="b", address="b:7000", ttl_s=TTL_S)
         task = asyncio.create_task(self.elector.run())
         while not self._stop.is_set():
             await asyncio.sleep(0.02)
@@ -71,7 +72,7 @@ async def test_paused_leader_cannot_commit_after_another_replica_won(etcd: EtcdS
     # With the FakeClock, A cannot tell it slept (its local lease check passes): only the store-side fence
     # protects the write. With the real clock, A notices the expired lease and refuses before sending.
     store = EtcdStore([etcd.endpoint])
-    a = LeaderElector(store, identity="a", address="a:7000", ttl_s=2, clock=clock)
+    a = LeaderElector(store, identity="a", address="a:7000", ttl_s=TTL_S, clock=clock)
     sub = Recorder()
     a.add_subsystem(sub)
     ta = asyncio.create_task(a.run())
@@ -88,6 +89,7 @@ async def test_paused_leader_cannot_commit_after_another_replica_won(etcd: EtcdS
             b = b_thread.elector
             assert b.leader is not None and b.leader.id == "a"
 
+            assert a.is_leader and sub.log == [True]  # A led without a break up to the pause
             # --- A's event loop stalls (no keep-alive, no watch) until B has won ---
             deadline = time.monotonic() + 15
             while not b.is_leader:
