@@ -81,7 +81,7 @@ def gce() -> Iterator[FakeGce]:
     from gpufleet.coordinator.providers.catalog import load_builtin
 
     machine_types = {t.extra.get("machine_type", t.name) for t in load_builtin("gcp").types.values()}
-    server = FakeGce(machine_types)
+    server = FakeGce(machine_types - {"g2-standard-96"})  # listed in our catalog, unknown to this "cloud"
     server.http.start()
     try:
         yield server
@@ -117,7 +117,7 @@ class StaticToken:
 def arm() -> Iterator[FakeAzureCompute]:
     from gpufleet.coordinator.providers.catalog import load_builtin
 
-    server = FakeAzureCompute(set(load_builtin("azure").types))
+    server = FakeAzureCompute(set(load_builtin("azure").types) - {"Standard_NC64as_T4_v3"})  # as for GCE
     server.http.start()
     try:
         yield server
@@ -293,5 +293,23 @@ async def test_azure_failed_allocation_leaves_no_vm(arm: FakeAzureCompute) -> No
         with pytest.raises(InsufficientCapacityError):
             await h.provider.launch(req)
         assert await h.provider.list_instances({TAG_POOL: "azfail"}) == []
+    finally:
+        await h.provider.close()
+
+
+@pytest.mark.parametrize(("cloud", "itype"), [("gcp", "g2-standard-96"), ("azure", "Standard_NC64as_T4_v3")])
+async def test_a_type_the_cloud_rejects_is_invalid_input(
+    cloud: str, itype: str, request: pytest.FixtureRequest
+) -> None:
+    h = (
+        _gcp_harness(request.getfixturevalue("gce"))
+        if cloud == "gcp"
+        else _azure_harness(request.getfixturevalue("arm"))
+    )
+    try:
+        req = LaunchRequest(instance_type=itype, region=h.region, token=uuid.uuid4().hex, tags={TAG_POOL: "rejected"})
+        with pytest.raises(InvalidInputError, match="instance_type"):
+            await h.provider.launch(req)
+        assert await h.provider.list_instances({TAG_POOL: "rejected"}) == []
     finally:
         await h.provider.close()

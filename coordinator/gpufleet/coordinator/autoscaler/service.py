@@ -28,6 +28,7 @@ from gpufleet.coordinator.autoscaler.storage import InstanceStorage, MemoryInsta
 from gpufleet.coordinator.providers.catalog import Catalog
 from gpufleet.coordinator.providers.registry import ProviderRegistry
 from gpufleet.proto.v1 import agent_pb2 as apb
+from gpufleet.proto.v1 import cluster_pb2 as cpb
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,10 @@ class Autoscaler:
 
     def instances(self) -> list[Instance]:
         return sorted(self.reconciler.instances.values(), key=lambda i: i.created_ms)
+
+    def cloud_instances(self) -> list[cpb.CloudInstance]:
+        """The records as the v1 API shows them (``ClusterServicer.instances`` can be set to this)."""
+        return [i.to_proto() for i in self.instances()]
 
     async def _loop(self) -> None:
         while True:

@@ -42,6 +42,8 @@ def map_error(exc: BaseException, operation: str) -> GpuFleetError:
     status = getattr(exc, "status_code", None)
     text = f"azure {operation}: {code or type(exc).__name__}: {getattr(err, 'message', None) or exc}"
     cls = ERROR_CODES.get(code)
+    if code == "OperationNotAllowed" and "quota" not in text.lower():
+        cls = InvalidInputError  # not a quota problem: our request is not allowed as made
     if cls is None and status == 404:
         cls = InstanceNotFoundError
     if cls is InvalidInputError:
