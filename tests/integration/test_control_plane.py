@@ -99,3 +99,88 @@ def test_cancel_stops_the_whole_process_group(fleet: Fleet, tmp_path: Path) -> N
     with pytest.raises(grpc.RpcError) as err:
         fleet.api().jobs.CancelJob(jpb.CancelJobRequest(id="j-nope"), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_health_reflection_status_and_watch(fleet: Fleet) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from gpufleet.proto.v1 import cluster_pb2 as cpb
+
+    api = fleet.api()
+    health = health_pb2_grpc.HealthStub(api.channel)
+    for service in ("", "gpufleet.v1.JobService", "gpufleet.v1.AgentService"):
+        resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(api.channel)
+    answer = next(iter(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"gpufleet.v1.JobService", "gpufleet.v1.NodeService", "gpufleet.v1.CostService"} <= names
+
+    first = fleet.submit(job_spec(["true"], nodes=1, team="watch")).job
+    events = api.jobs.WatchJobs(jpb.WatchJobsRequest(team="watch"), timeout=20)
+    seen: list[pb.JobEvent] = []
+    for ev in events:
+        seen.append(ev)
+        if ev.job.state == lc.SUCCEEDED:
+            break
+    assert seen[0].type == pb.JobEvent.TYPE_ADDED and seen[0].job.id == first.id
+    # resume from a revision: only what happened after it, the next job included
+    second = fleet.submit(job_spec(["true"], nodes=1, team="watch")).job
+    resumed = api.jobs.WatchJobs(jpb.WatchJobsRequest(team="watch", since_revision=seen[-1].revision), timeout=20)
+    ev = next(iter(resumed))
+    assert ev.job.id == second.id and ev.type == pb.JobEvent.TYPE_ADDED
+    resumed.cancel()
+    fleet.wait_job(second.id, lambda j: j.state == lc.SUCCEEDED)
+
+    status = api.cluster.GetClusterStatus(cpb.GetClusterStatusRequest(), timeout=5)
+    assert status.leader_address == api.address and status.store.healthy and status.store.kind == "embedded"
+    assert status.nodes_by_state["READY"] == 2 and status.jobs_by_state["SUCCEEDED"] >= 2
+    assert [r.id for r in status.replicas] == ["c1"] and status.replicas[0].leader
+
+    # paging
+    for _ in range(3):
+        fleet.submit(job_spec(["true"], nodes=1, team="paging"))
+    page1 = api.jobs.ListJobs(jpb.ListJobsRequest(team="paging", page_size=2), timeout=5)
+    page2 = api.jobs.ListJobs(jpb.ListJobsRequest(team="paging", page_size=2, page_token=page1.next_page_token))
+    assert len(page1.jobs) == 2 and len(page2.jobs) == 1 and not page2.next_page_token
+    assert {j.id for j in page1.jobs}.isdisjoint({j.id for j in page2.jobs})
+    with pytest.raises(grpc.RpcError) as err:
+        api.jobs.ListJobs(jpb.ListJobsRequest(page_size=5000), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_size" in (err.value.details() or "")
+
+
+def test_cordon_drain_mig_and_cost(fleet: Fleet) -> None:
+    from gpufleet.proto.v1 import cluster_pb2 as cpb
+    from gpufleet.proto.v1 import nodes_pb2 as npb
+
+    api = fleet.api()
+    node = api.nodes.CordonNode(npb.CordonNodeRequest(name="node-1", reason="test"), timeout=5)
+    assert node.cordoned
+    jobs = [fleet.submit(job_spec(["sleep", "30"], nodes=1, preemptible=True)).job for _ in range(2)]
+    placed = [fleet.wait_job(j.id, lambda x: x.state == lc.RUNNING) for j in jobs]
+    assert {p.assignments[0].node for p in placed} == {"node-2"}  # the cordoned node gets nothing new
+    api.nodes.UncordonNode(npb.UncordonNodeRequest(name="node-1"), timeout=5)
+    drained = api.nodes.DrainNode(npb.DrainNodeRequest(name="node-2", deadline_s=30, reason="maint"), timeout=5)
+    assert drained.state == pb.NODE_STATE_DRAINING and drained.cordoned
+    moved = [fleet.wait_job(j.id, lambda x: x.state == lc.RUNNING and x.attempt == 2) for j in jobs]
+    assert {m.assignments[0].node for m in moved} == {"node-1"}
+    assert any(t.reason == "NODE_DRAINED" for t in moved[0].history)
+    deadline = time.monotonic() + 15
+    while api.nodes.GetNode(npb.GetNodeRequest(name="node-2"), timeout=5).state != pb.NODE_STATE_DRAINED:
+        assert time.monotonic() < deadline, fleet.logs()
+        time.sleep(0.2)
+    with pytest.raises(grpc.RpcError) as err:
+        api.nodes.SetMigLayout(npb.SetMigLayoutRequest(node="node-1", gpu_index=0, profiles=["7g.80gb"] * 2))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for j in jobs:
+        api.jobs.CancelJob(jpb.CancelJobRequest(id=j.id), timeout=5)
+
+    report = api.cost.GetCostReport(cpb.GetCostReportRequest(group_by=cpb.COST_GROUP_BY_JOB), timeout=5)
+    assert {r.key for r in report.rows} >= {j.id for j in jobs} and report.total_cost_micros > 0
+    budget = api.cost.SetBudget(cpb.SetBudgetRequest(budget=cpb.Budget(team="ml", limit_micros=1, period_s=3600)))
+    assert budget.spent_micros > 0
+    assert [b.team for b in api.cost.ListBudgets(cpb.ListBudgetsRequest(), timeout=5).budgets] == ["ml"]
+    with pytest.raises(grpc.RpcError) as err:
+        api.cost.SetBudget(cpb.SetBudgetRequest(budget=cpb.Budget(team="ml", limit_micros=1)), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "period_s" in (err.value.details() or "")
