@@ -131,7 +131,7 @@ class EmbeddedStore:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreUnavailableError(f"the embedded store {self.path} is closed")
-        if self._reaper is None:
+        if self._reaper is None or self._reaper.done() or self._reaper.get_loop() is not asyncio.get_running_loop():
             self._reaper = asyncio.get_running_loop().create_task(self._reap_leases(), name="embedded-lease-reaper")
 
     # -- reads -------------------------------------------------------------------------------------------------

@@ -82,6 +82,7 @@ class EtcdConnection:
         self._lock = asyncio.Lock()
         self.refs = 0
         self.closed = False
+        self.loop = asyncio.get_running_loop()  # gRPC aio channels belong to one event loop
 
     @property
     def endpoint(self) -> str:
@@ -157,9 +158,10 @@ _SHARED: dict[tuple[int, tuple[str, ...]], EtcdConnection] = {}
 
 def acquire_connection(endpoints: list[str], *, request_timeout_s: float = 5.0) -> EtcdConnection:
     """The process's connection for these endpoints in the running loop (created on first use)."""
-    key = (id(asyncio.get_running_loop()), tuple(endpoints))
+    loop = asyncio.get_running_loop()
+    key = (id(loop), tuple(endpoints))
     conn = _SHARED.get(key)
-    if conn is None or conn.closed:
+    if conn is None or conn.closed or conn.loop is not loop:  # (an id can be reused by a later loop)
         conn = _SHARED[key] = EtcdConnection(endpoints, request_timeout_s=request_timeout_s)
     conn.refs += 1
     return conn
