@@ -1,7 +1,8 @@
 """Autoscaler planner benchmark: hourly cost of the chosen fleet vs an integer-program optimum, and planning time.
 
 For each synthetic demand trace the planner (coordinator/autoscaler/planner.py) picks new nodes from the
-built-in catalog for pools on AWS, GCP and Azure. The same demand is then solved exactly as an integer program
+built-in catalog for pools on AWS, GCP and Azure, and from a synthetic catalog whose bigger nodes are cheaper per
+GPU (there the packing matters). The same demand is then solved exactly as an integer program
 with PuLP/CBC using the same per-node fit numbers (taken from the real scheduler through the planner's
 ``SchedulerFit``), the same offers, pool limits and gang rules. The program lets jobs of one shape spread over
 nodes by aggregate capacity, so it is a lower bound on any real packing: a ratio of 1.000 is optimal.
@@ -29,7 +30,7 @@ import pulp
 from gpufleet.common.output import table
 from gpufleet.coordinator.autoscaler.config import AutoscalerConfig, NodePoolConfig, SpotMode
 from gpufleet.coordinator.autoscaler.planner import UNITS, Planner, SchedulerFit, Shape, allowed, pool_offers, shape_of
-from gpufleet.coordinator.providers.catalog import Catalog
+from gpufleet.coordinator.providers.catalog import Catalog, parse_catalog
 from gpufleet.proto.v1 import types_pb2 as pb
 
 POOLS = AutoscalerConfig(
@@ -75,8 +76,53 @@ MIXES: dict[str, list[tuple[int, float, str, int, int, int, int]]] = {
 }
 
 
+def discount_catalog() -> Catalog:
+    """A synthetic provider whose bigger nodes are cheaper per GPU, so packing decisions matter."""
+
+    def t(name: str, gpus: int, price: float) -> dict[str, object]:
+        prices = {"r1": {"on_demand": int(price * 1e6), "spot": int(price * 0.4e6)}}
+        return {
+            "name": name,
+            "gpu_model": "L4",
+            "gpu_count": gpus,
+            "vcpus": 12 * gpus,
+            "memory_mib": 65536 * gpus,
+            "prices": prices,
+        }
+
+    doc = {
+        "provider": "synthetic",
+        "as_of": "2026-11-01",
+        "source": "benchmark",
+        "regions": {"r1": {"zones": ["r1a"]}},
+        "instance_types": [t("l4-1", 1, 1.00), t("l4-2", 2, 1.80), t("l4-4", 4, 3.40), t("l4-8", 8, 6.40)],
+    }
+    return Catalog([parse_catalog(doc, "synthetic")])
+
+
+DISCOUNT_POOLS = AutoscalerConfig(
+    pools=[NodePoolConfig(name="syn", provider="synthetic", regions=["r1"], spot=SpotMode.NEVER, max_nodes=20000)],
+    max_launches_per_pass=20000,
+)
+DISCOUNT_MIXES: dict[str, list[tuple[int, float, str, int, int, int, int]]] = {
+    "discount-odd": [
+        (3, 3, "L4", 1, pb.SPOT_POLICY_UNSPECIFIED, 8000, 32768),
+        (2, 5, "L4", 1, pb.SPOT_POLICY_UNSPECIFIED, 8000, 32768),
+        (3, 1, "L4", 1, pb.SPOT_POLICY_UNSPECIFIED, 4000, 16384),
+        (2, 0.5, "L4", 1, pb.SPOT_POLICY_UNSPECIFIED, 2000, 8192),
+        (1, 2, "L4", 2, pb.SPOT_POLICY_UNSPECIFIED, 8000, 32768),
+    ],
+    "discount-halves": [
+        (4, 6, "L4", 1, pb.SPOT_POLICY_UNSPECIFIED, 8000, 32768),
+        (3, 2, "L4", 1, pb.SPOT_POLICY_UNSPECIFIED, 8000, 32768),
+        (2, 0.25, "L4", 1, pb.SPOT_POLICY_UNSPECIFIED, 1000, 4096),
+    ],
+}
+MIXES_ALL = {**MIXES, **DISCOUNT_MIXES}
+
+
 def make_jobs(mix: str, n: int, rng: random.Random) -> list[pb.Job]:
-    rows = MIXES[mix]
+    rows = MIXES_ALL[mix]
     weights = [r[0] for r in rows]
     jobs = []
     for i in range(n):
@@ -151,13 +197,18 @@ def main(argv: list[str] | None = None) -> int:
     fit = SchedulerFit()
     planner = Planner(catalog, fit)
 
+    syn_catalog = discount_catalog()
+    syn_fit = SchedulerFit()
+    syn_planner = Planner(syn_catalog, syn_fit)
+    cases = [(m, catalog, fit, planner, POOLS) for m in MIXES]
+    cases += [(m, syn_catalog, syn_fit, syn_planner, DISCOUNT_POOLS) for m in DISCOUNT_MIXES]
     rows = []
     worst = 1.0
-    for mix in MIXES:
+    for mix, cat, fit_, planner_, pools in cases:
         for n in (12, 60, 400):
             jobs = make_jobs(mix, n, rng)
-            plan = planner.plan(POOLS, jobs, verify=False)
-            opt, status = optimum(catalog, fit, POOLS, jobs)
+            plan = planner_.plan(pools, jobs, verify=False)
+            opt, status = optimum(cat, fit_, pools, jobs)
             ratio = plan.new_cost_micros_per_hour / opt if opt else float("nan")
             worst = max(worst, ratio)
             rows.append(
@@ -177,14 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"worst ratio {worst:.3f} (target <= 1.050)\n")
 
     timing = []
-    for mix in MIXES:
+    for mix, cat, _fit, _planner, pools in cases:
         jobs = make_jobs(mix, args.jobs, rng)
-        cold_planner = Planner(catalog, SchedulerFit())
+        cold_planner = Planner(cat, SchedulerFit())
         t0 = time.perf_counter()
-        cold_planner.plan(POOLS, jobs, verify=False)
+        cold_planner.plan(pools, jobs, verify=False)
         cold = time.perf_counter() - t0
         t0 = time.perf_counter()
-        plan = cold_planner.plan(POOLS, jobs, verify=False)
+        plan = cold_planner.plan(pools, jobs, verify=False)
         warm = time.perf_counter() - t0
         timing.append(
             (
