@@ -184,3 +184,13 @@ def test_cordon_drain_mig_and_cost(fleet: Fleet) -> None:
     with pytest.raises(grpc.RpcError) as err:
         api.cost.SetBudget(cpb.SetBudgetRequest(budget=cpb.Budget(team="ml", limit_micros=1)), timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "period_s" in (err.value.details() or "")
+
+
+def test_follow_logs_until_the_job_ends(fleet: Fleet) -> None:
+    job = fleet.submit(job_spec(["sh", "-c", "echo first; sleep 1.5; echo second"], nodes=1)).job
+    fleet.wait_job(job.id, lambda x: x.state == lc.RUNNING)
+    chunks = list(fleet.api().jobs.GetJobLogs(jpb.GetJobLogsRequest(id=job.id, follow=True), timeout=30))
+    data = b"".join(c.data for c in chunks)
+    assert b"first" in data and b"second" in data, chunks
+    assert chunks[-1].eof
+    assert fleet.get_job(job.id).state == lc.SUCCEEDED

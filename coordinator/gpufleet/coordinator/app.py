@@ -59,7 +59,13 @@ class Coordinator:
         self.job_reader = JobReader(store)
         self.node_reader = NodeReader(store)
         self.runtime = LeaderRuntime(
-            self.view, self.sessions, self.scheduling, self.liveness, self.costs, settings.cost.budget_refresh_s
+            self.view,
+            self.sessions,
+            self.scheduling,
+            self.liveness,
+            self.costs,
+            settings.cost.budget_refresh_s,
+            resign=self.elector.resign,
         )
         self.elector.add_subsystem(self.runtime)
 

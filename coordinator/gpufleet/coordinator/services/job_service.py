@@ -98,6 +98,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         job = await self.c.job_reader.get(request.id)
         node = self._node_of(job, request.node_rank)
         offset, tail = request.offset, request.tail_lines
+        finished = False
         while True:
             datas = await self.c.sessions.read_logs(node, job.id, offset=offset, max_bytes=LOG_CHUNK, tail_lines=tail)
             tail = 0
@@ -111,11 +112,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                     got += len(d.data)
             if got:
                 continue  # more may be there already
-            if not request.follow:
+            if not request.follow or finished:
                 break
             job = await self.c.job_reader.get(request.id)
             if job.state in lc.TERMINAL:
-                break
+                finished = True  # one more read: output written just before the exit
+                continue
             await asyncio.sleep(FOLLOW_POLL_S)
         yield jpb.LogChunk(offset=offset, eof=True)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from gpufleet.common.errors import NotLeaderError, StoreError, UnavailableError
 from gpufleet.common.retry import RetryPolicy, retry_async
@@ -33,7 +35,9 @@ class LeaderRuntime:
         liveness: LivenessChecker,
         costs: CostAccountant,
         budget_refresh_s: float,
+        resign: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
+        self.resign = resign
         self.view = view
         self.sessions = sessions
         self.scheduling = scheduling
@@ -90,6 +94,12 @@ class LeaderRuntime:
                 tg.create_task(self._budgets(), name="budgets")
         except* NotLeaderError:
             log.warning("lost leadership during a write; leader-only loops stop")
+        except* Exception as group:  # a bug in a loop: do not stay a leader that does nothing
+            log.error("a leader-only loop failed; resigning so another replica leads", exc_info=group)
+            if self.resign is not None:
+                task: asyncio.Task[None] = asyncio.create_task(self.resign(), name="resign")
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
 
     async def _budgets(self) -> None:
         while True:
