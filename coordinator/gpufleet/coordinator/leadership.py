@@ -232,12 +232,14 @@ class LeaderElector:
             {"id": self.identity, "address": self.address, "lease": lease, "since_ms": now_ms}, sort_keys=True
         ).encode()
         registration = json.dumps({"address": self.address, "registered_ms": now_ms}, sort_keys=True).encode()
-        await self.store.put(self.replica_key, registration, lease=lease)
-        await self._revoke_stale_leases()
-        keep = asyncio.ensure_future(keeper.run())
-        campaign = asyncio.ensure_future(self._campaign(lease))
+        tasks: list[asyncio.Future[None]] = []
         try:
-            done, _ = await asyncio.wait({keep, campaign}, return_when=asyncio.FIRST_COMPLETED)
+            await self.store.put(self.replica_key, registration, lease=lease)
+            await self._revoke_stale_leases()
+            keep = asyncio.ensure_future(keeper.run())
+            campaign = asyncio.ensure_future(self._campaign(lease))
+            tasks = [keep, campaign]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if keep in done:
                 exc = keep.exception()
                 raise _SessionLostError(str(exc) if exc else "keep-alive ended")
@@ -245,9 +247,9 @@ class LeaderElector:
             raise _SessionLostError("campaign ended")
         finally:
             await self._step_down("the session ended")  # before anything else
-            for t in (keep, campaign):
+            for t in tasks:
                 t.cancel()
-            for t in (keep, campaign):
+            for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, StoreError, _SessionLostError):
                     await t
             await self._end_session()
@@ -264,9 +266,13 @@ class LeaderElector:
     async def _revoke_stale_leases(self) -> None:
         """Revoke leases of earlier sessions (their leader key would block every campaign until it expires,
         and etcd gives every lease a full TTL again after a restart)."""
-        while self._stale_leases:
-            await self.store.revoke_lease(self._stale_leases[0])
-            self._stale_leases.pop(0)
+        for lease in list(self._stale_leases):
+            try:
+                await asyncio.wait_for(self.store.revoke_lease(lease), 2)
+            except (StoreError, TimeoutError) as e:
+                log.info("could not revoke old lease %x yet: %s", lease, e)
+                return
+            self._stale_leases.remove(lease)
 
     async def _campaign(self, lease: int) -> None:
         """Try to win; when someone else leads, watch the key and try again when it disappears."""

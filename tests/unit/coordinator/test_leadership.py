@@ -187,3 +187,27 @@ async def test_leader_steps_down_before_writing_when_its_lease_outlived_the_ttl(
 def test_identity_must_be_a_key_segment(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="identity"):
         LeaderElector(object(), identity="a/b", address="x")  # type: ignore[arg-type]
+
+
+async def test_a_failing_subsystem_does_not_stop_the_others(
+    store: ClusterStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        async def set_enabled(self, enabled: bool) -> None:
+            raise RuntimeError("cannot start")
+
+    log: list[str] = []
+    e = LeaderElector(store, identity="a", address="a:1", ttl_s=2)
+    e.add_subsystem(Broken())
+    e.add_subsystem(Recorder("after-broken", log))
+    task = asyncio.create_task(e.run())
+    try:
+        await until(lambda: log == ["after-broken:on"])
+        assert e.is_leader
+        assert "set_enabled(True) failed on Broken" in caplog.text
+        late = Recorder("late", log)
+        e.add_subsystem(late)  # added while leading: enabled at once
+        await until(lambda: late.enabled)
+    finally:
+        await stop(task)
+    assert log == ["after-broken:on", "late:on", "late:off", "after-broken:off"]
