@@ -3,6 +3,7 @@ the same answers (return values, records, revisions relative to the start). etcd
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -82,6 +83,16 @@ async def run(store: ClusterStore, prefix: str, ops: list[tuple[str, Any]]) -> l
                 [(kv.key, kv.value, rel(kv.create_revision), rel(kv.mod_revision), kv.version) for kv in kvs],
             )
         )
+    # the whole history replayed by a watch: same events, same order
+    end = await store.put(prefix + "~end", b"")  # a last event of its own, so we know where history ends
+    events = []
+    async with asyncio.timeout(10):
+        async for ev in store.watch(prefix, start_revision=base + 1):
+            if ev.revision == end:
+                break
+            kv = ev.kv
+            events.append((ev.type, kv.key, kv.value, rel(ev.revision), rel(kv.create_revision), kv.version))
+    trace.append(events)
     return trace
 
 
