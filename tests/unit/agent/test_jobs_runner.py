@@ -141,3 +141,21 @@ def test_sigterm_is_not_ignored_in_the_job(state: LocalState, tmp_path: Path) ->
     ignored = int(out.read_text().split()[1], 16)
     assert not ignored & (1 << (15 - 1)), "SIGTERM is ignored in the job"
     assert not ignored & (1 << (2 - 1)), "SIGINT is ignored in the job"
+
+
+async def test_stop_terms_the_jobs_children_too(state: LocalState) -> None:
+    runner = JobRunner(state)
+    rec = runner.start(new_record(state, "j-tree"), ["sh", "-c", "sleep 300; echo never"], dict(os.environ), "")
+    time.sleep(0.3)
+    done = await runner.stop(rec, "STOPPED", "", grace_s=60)
+    assert done.exit_code == 128 + 15  # ended by SIGTERM: no SIGKILL after the grace period was needed
+    assert_group_gone(rec.pgid)
+
+
+def test_sigterm_sent_to_the_supervisor_alone_is_forwarded_to_the_job(state: LocalState) -> None:
+    runner = JobRunner(state)
+    rec = runner.start(new_record(state, "j-fwd"), ["sleep", "300"], dict(os.environ), "")
+    time.sleep(0.3)
+    os.kill(rec.pid, 15)
+    done = wait_finished(runner, rec)
+    assert done.exit_code == 128 + 15 and done.reason == "EXITED"

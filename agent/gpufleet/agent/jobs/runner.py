@@ -230,7 +230,7 @@ class JobRunner:
                     p.send_signal(sig)
 
     async def stop(self, record: JobRecord, reason: str, message: str, grace_s: float) -> JobRecord:
-        """SIGTERM the job, wait up to ``grace_s``, then SIGKILL every process left in its process group.
+        """SIGTERM the job's processes, wait up to ``grace_s``, then SIGKILL every process left in its group.
         Returns the finished record (exit code from the supervisor, 137 when it had to be killed too)."""
         if record.finished:
             return record
@@ -239,12 +239,7 @@ class JobRunner:
                 state=STOPPING, stop_reason=reason, stop_message=message, stop_requested_ms=self.clock.now_ms()
             )
             self.state.save(record)
-        if self.is_alive(record):
-            # the supervisor forwards it to the job's main process (as docker and kubelet do)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(record.pid, signal.SIGTERM)
-        else:
-            self.signal_group(record, signal.SIGTERM)
+        self._terminate(record)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         while loop.time() < deadline:
@@ -270,6 +265,19 @@ class JobRunner:
             atomic_write(record.exit_path, b"%d\n" % (128 + signal.SIGKILL))
         done = self.check(record)
         return done if done is not None else record
+
+    def _terminate(self, record: JobRecord) -> None:
+        """SIGTERM every process of the job's group once (the job and its children, e.g. torchrun workers),
+        but not the supervisor: it would forward a second SIGTERM to the job. Signalled alone (by an operator),
+        the supervisor forwards SIGTERM to the job itself."""
+        supervisor_alive = self.is_alive(record)
+        members = [p for p in self._group_members(record) if not (supervisor_alive and p.pid == record.pid)]
+        for p in members:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(signal.SIGTERM)
+        if not members and supervisor_alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(record.pid, signal.SIGTERM)
 
     def _ended(self, record: JobRecord) -> bool:
         """The job has exited (exit file written) and nothing else of its group is still alive."""
