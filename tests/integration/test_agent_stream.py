@@ -8,6 +8,7 @@ import asyncio
 import collections.abc
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -173,21 +174,29 @@ async def test_reconnects_after_coordinator_restart_and_jobs_keep_running(
     os.killpg(job.pid, 9)
 
 
-async def test_follows_redirect_and_not_leader_metadata(agents: list[AgentProcess], tmp_path: Path) -> None:
+async def test_follows_redirect_not_leader_metadata_and_the_address_list(
+    agents: list[AgentProcess], tmp_path: Path
+) -> None:
     leader = await FakeCoordinatorServer(FakeCoordinator()).start()
     follower = await FakeCoordinatorServer(FakeCoordinator(redirect_to=leader.address)).start()
     refuser = await FakeCoordinatorServer(FakeCoordinator(not_leader_hint=leader.address)).start()
     try:
+        with socket.socket() as s:  # an address where nothing listens: the agent moves on down its list
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"
         a1 = AgentProcess(tmp_path / "a1", follower.address, name="node-a")
         a2 = AgentProcess(tmp_path / "a2", refuser.address, name="node-b")
-        for a in (a1, a2):
+        a3 = AgentProcess(tmp_path / "a3", f"{dead},{leader.address}", name="node-c")
+        for a in (a1, a2, a3):
             a.workdir.mkdir()
             agents.append(a.start())
         names = await leader.servicer.wait_for(
-            lambda: {"node-a", "node-b"} <= (n := {r.inventory.name for r in leader.servicer.registers}) and n,
-            what="both agents registered at the leader",
+            lambda: (
+                {"node-a", "node-b", "node-c"} <= (n := {r.inventory.name for r in leader.servicer.registers}) and n
+            ),
+            what="all agents registered at the leader",
         )
-        assert names == {"node-a", "node-b"}
+        assert names == {"node-a", "node-b", "node-c"}
         assert follower.servicer.connects >= 1 and refuser.servicer.connects >= 1
         await leader.servicer.wait_for(lambda: len(leader.servicer.statuses()) >= 2, what="statuses at the leader")
     finally:
