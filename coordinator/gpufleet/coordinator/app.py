@@ -8,6 +8,7 @@ own runtime, so the fleet view is loading when they start.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 
 from gpufleet.common.clock import Clock, SystemClock
 from gpufleet.common.errors import NotLeaderError
@@ -24,6 +25,8 @@ from gpufleet.coordinator.state.reconcile import AgentReconciler
 from gpufleet.coordinator.state.scheduling import SchedulingLoop
 from gpufleet.coordinator.state.sessions import AgentSessions
 from gpufleet.coordinator.store.base import ClusterStore
+from gpufleet.proto.v1 import agent_pb2 as apb
+from gpufleet.proto.v1 import cluster_pb2 as cpb
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,10 @@ class Coordinator:
             resign=self.elector.resign,
         )
         self.elector.add_subsystem(self.runtime)
+        #: ClusterService.ListInstances answers with this (the autoscaler sets it)
+        self.instances: Callable[[], Sequence[cpb.CloudInstance]] | None = None
+        #: called with (node, event) for every SpotInterruption an agent reports, after the node starts draining
+        self.interruption_handlers: list[Callable[[str, apb.SpotInterruption], Awaitable[object]]] = []
 
     def add_leader_subsystem(self, subsystem: LeaderOnly) -> None:
         """Run ``subsystem`` only while this replica leads (e.g. the autoscaler)."""

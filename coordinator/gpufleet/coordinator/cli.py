@@ -65,6 +65,9 @@ def main(argv: list[str]) -> int:
         settings = settings_from_args(args)
         parse_store_url(settings.store.url)
         scheduler_config(settings.scheduler)
+        from gpufleet.coordinator.autoscaling import check_autoscaler_config
+
+        check_autoscaler_config(settings)
     except InvalidInputError as exc:
         for p in exc.problems:
             print(f"gpufleet coordinator: {p}", file=sys.stderr)

@@ -105,6 +105,10 @@ class CoordinatorSettings(BaseSettings):
     cost: CostConfig = CostConfig()
     scheduler: dict[str, Any] = Field(default_factory=dict)
     """Passed to the scheduler's ``SchedulerConfig`` (team quotas, ...); validated there."""
+    autoscaler: dict[str, Any] | None = None
+    """``AutoscalerConfig`` (pools, ...) plus ``bootstrap``; absent: no autoscaling. See autoscaling.py."""
+    providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per cloud provider kind, the settings handed to its factory (providers/registry.py)."""
 
     @classmethod
     def settings_customise_sources(

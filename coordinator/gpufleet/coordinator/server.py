@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gpufleet.common.errors import GpuFleetError
 from gpufleet.coordinator.app import Coordinator
+from gpufleet.coordinator.autoscaling import attach_autoscaler
 from gpufleet.coordinator.config import CoordinatorSettings
 from gpufleet.coordinator.services.agent_service import AgentServicer
 from gpufleet.coordinator.services.cluster_service import ClusterServicer, CostServicer
@@ -72,6 +73,7 @@ class CoordinatorServer:
         self.identity = identity or settings.id or f"coordinator-{self.port}"
         self.coordinator = Coordinator(settings, store, identity=self.identity, address=self.address)
         c = self.coordinator
+        self.autoscaler = attach_autoscaler(c, settings)
         self.cluster = ClusterServicer(c)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(c), self.server)
         nodes_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(c), self.server)

@@ -57,3 +57,26 @@ def test_unknown_quota_key_is_named(capsys: pytest.CaptureFixture[str], tmp_path
 def test_check_config_prints_the_result(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert cli.main(["--listen", "127.0.0.1:0", "--state-dir", str(tmp_path), "--check-config"]) == 0
     assert '"node_timeout_s"' in capsys.readouterr().out
+
+
+AUTOSCALER_TOML = """
+[autoscaler]
+interval_s = 5
+[[autoscaler.pools]]
+name = "l4"
+provider = "fake"
+regions = ["local-a"]
+instance_types = ["sim-l4x1"]
+{extra}
+[autoscaler.bootstrap]
+coordinators = ["10.0.0.1:7070"]
+"""
+
+
+def test_autoscaler_section_is_validated(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(AUTOSCALER_TOML.format(extra=""))
+    assert cli.main(["--config", str(cfg), "--check-config"]) == 0
+    cfg.write_text(AUTOSCALER_TOML.format(extra="max_nodez = 3"))
+    assert cli.main(["--config", str(cfg), "--check-config"]) == 2
+    assert "autoscaler.pools.0.max_nodez" in capsys.readouterr().err

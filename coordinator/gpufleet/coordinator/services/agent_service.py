@@ -153,3 +153,5 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             si = ev.spot_interruption
             deadline_s = max(1, (si.deadline_ms - self.c.clock.now_ms()) // 1000) if si.deadline_ms else 0
             await self.c.nodes.drain(session.node, int(deadline_s), f"spot interruption ({si.kind}): {si.detail}")
+            for handler in self.c.interruption_handlers:
+                await handler(session.node, si)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -30,8 +29,6 @@ def package_version() -> str:
 class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
     def __init__(self, c: Coordinator) -> None:
         self.c = c
-        #: the autoscaler sets this to list its cloud instances
-        self.instances: Callable[[], Sequence[cpb.CloudInstance]] | None = None
 
     @unary
     async def GetClusterStatus(self, _request: cpb.GetClusterStatusRequest, _context: Ctx) -> cpb.ClusterStatus:
@@ -64,7 +61,8 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
 
     @unary
     async def ListInstances(self, _request: cpb.ListInstancesRequest, _context: Ctx) -> cpb.ListInstancesResponse:
-        return cpb.ListInstancesResponse(instances=list(self.instances()) if self.instances is not None else [])
+        source = self.c.instances
+        return cpb.ListInstancesResponse(instances=list(source()) if source is not None else [])
 
 
 class CostServicer(cluster_pb2_grpc.CostServiceServicer):

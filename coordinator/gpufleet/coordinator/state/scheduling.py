@@ -26,6 +26,8 @@ from gpufleet.proto.v1 import types_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+SCHEDULER_BACKOFF_MAX_S = 10.0
+
 
 def _bound(job: pb.Job | None) -> bool:
     return job is not None and job.state in lc.ACTIVE and len(job.assignments) > 0
@@ -51,6 +53,7 @@ class SchedulingLoop:
         self._wake = asyncio.Event()
         self.active = False
         self.cycles = 0
+        self.failures = 0
         self.on_placed: list[Callable[[pb.Job], None]] = []
         self._relayouts_sent: dict[tuple[str, int], tuple[str, ...]] = {}
         # Jobs that became pending since the last cycle. When nothing else changed (no capacity freed, no node
@@ -139,7 +142,16 @@ class SchedulingLoop:
             return None
         running = [j for j in self.view.jobs.values() if j.state in lc.ACTIVE]
         now = self.clock.now_ms()
-        plan = self.scheduler.schedule(self.state, pending, now, running)
+        try:
+            plan = self.scheduler.schedule(self.state, pending, now, running)
+        except Exception:  # a scheduler bug must not stop the rest of the control plane: log, back off, retry
+            self.failures += 1
+            delay = min(SCHEDULER_BACKOFF_MAX_S, 0.5 * self.failures)
+            log.exception("the scheduler failed on %d pending jobs; retrying in %.1fs", len(pending), delay)
+            await asyncio.sleep(delay)
+            self.trigger()
+            return None
+        self.failures = 0
         self.cycles += 1
         batches: list[list[pb.Job]] = [[], [], []]
         for pre in plan.preemptions:
