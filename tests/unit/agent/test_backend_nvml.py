@@ -145,3 +145,18 @@ def test_pynvml_driver_without_gpu_fails_with_simulate_hint(tmp_path: Any) -> No
         pytest.skip("this host has an NVIDIA driver")
     with pytest.raises(BackendError, match="--simulate"):
         create_backend("nvml", tmp_path)
+
+
+def test_replays_answers_recorded_on_a_real_h100() -> None:
+    """tests/unit/agent/fixtures/nvml_h100_recorded.json: `python -m gpufleet.agent.backends.nvml.record` on
+    a cloud H100 (driver 580, MIG off, no NUMA or NVLink reported)."""
+    rec = load_recording("nvml_h100_recorded.json")
+    b, driver = backend(rec)
+    [g] = b.inventory()
+    assert (g.model, g.memory_mib, g.mig_capable, g.mig_enabled, g.numa_node) == ("H100-80GB", 81559, True, False, -1)
+    assert g.uuid == rec["devices"][0]["uuid"] and g.nvlink_peers == ()
+    [s] = b.sample()
+    assert s.memory_total_mib == 81559 and s.processes == () and s.power_mw > 0
+    assert b.health_events() == []
+    b.set_mig_mode(0, True)
+    assert b.inventory()[0].mig_enabled_pending and driver.calls == ["set_mig_mode(0,1)"]
