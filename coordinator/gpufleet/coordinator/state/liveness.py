@@ -63,13 +63,17 @@ class LivenessChecker:
                     self.sessions.drop(name)
                     await self._not_ready(name, now, (now - last) / 1000)
                     continue
+            elif self.view.on_node.get(name):  # NOT_READY with jobs left (more than one txn's worth)
+                await self._not_ready(name, now, (now - self.sessions.last_seen_ms.get(name, 0)) / 1000)
+                continue
             if node.state == DRAINING:
                 await self._drain_step(name, now)
 
     async def _not_ready(self, name: str, now: int, gone_s: float) -> None:
         node = copy_node(self.view.node(name))
-        node.state = NOT_READY
-        node.reason = f"{AGENT_GONE}: no agent for {gone_s:.1f}s"
+        if node.state != NOT_READY:
+            node.state = NOT_READY
+            node.reason = f"{AGENT_GONE}: no agent for {gone_s:.1f}s"
         victims = []
         for job in self.view.jobs_on(name)[:MAX_JOBS_PER_TXN]:
             v = copy_job(job)
