@@ -110,6 +110,8 @@ async def test_jobs_that_cannot_start(h: Harness) -> None:
     assert "/nonexistent/bin/train" in by_id["j-noexe"].message
     assert {r.job_id for r in h.exits} == set(by_id)
     assert all(r.state == FAILED_TO_START for r in h.jobs.records.values())
+    await h.jobs.reconcile([], acknowledged=list(by_id))
+    assert h.jobs.local_jobs() == []
 
 
 async def test_memory_limit_violation_stops_the_job_with_its_reason(h: Harness) -> None:

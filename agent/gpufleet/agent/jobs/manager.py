@@ -127,7 +127,8 @@ class JobManager:
             acked = set(acknowledged)
             for key, rec in list(self.records.items()):
                 if rec.finished and rec.job_id in acked:
-                    self.state.acknowledge(rec)
+                    if rec.dir:  # records of jobs refused before they had a directory live only in memory
+                        self.state.acknowledge(rec)
                     del self.records[key]
             wanted = {(d.job_id, d.attempt): d for d in desired}
             for key, rec in list(self.records.items()):
