@@ -68,3 +68,44 @@ def test_cli_reads_a_job_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_cli_bad_input_exits_2_naming_the_flag(argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert flag in capsys.readouterr().err
+
+
+async def test_azure_retail_prices_refresh_the_catalog() -> None:
+    from typing import Any
+
+    from gpufleet.coordinator.providers.catalog.pricing import AzureRetailPricing, build_catalog
+    from tests.fakes.http_server import JsonServer
+
+    def item(meter: str, price: float, product: str = "Virtual Machines NCasT4_v3 Series Linux") -> dict[str, Any]:
+        return {
+            "retailPrice": price,
+            "unitOfMeasure": "1 Hour",
+            "meterName": meter,
+            "skuName": meter,
+            "productName": product,
+        }
+
+    seen: list[str] = []
+
+    def route(method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any, dict[str, str]]:
+        flt = query.get("$filter", [""])[0]
+        seen.append(flt)
+        if "page2" in query:
+            return 200, {"Items": [item("NC4as T4 v3 Spot", 0.21)], "NextPageLink": None}, {}
+        if "armSkuName eq 'Standard_NC4as_T4_v3'" in flt and "armRegionName eq 'eastus'" in flt:
+            items = [item("NC4as T4 v3", 1.5, "Virtual Machines NCasT4_v3 Series Windows"), item("NC4as T4 v3", 0.6)]
+            return 200, {"Items": items, "NextPageLink": f"{server.url}/api/retail/prices?page2=1&$filter=x"}, {}
+        return 200, {"Items": [], "NextPageLink": None}, {}
+
+    server = JsonServer(route).start()
+    try:
+        catalog = await build_catalog([AzureRetailPricing(endpoint=server.url)])
+    finally:
+        server.stop()
+    pc = catalog.provider("azure")
+    t4 = pc.get("Standard_NC4as_T4_v3")
+    assert t4.price("eastus", False) == 600_000 and t4.price("eastus", True) == 210_000
+    old = load_builtin("azure").get("Standard_NC4as_T4_v3")
+    assert t4.price("westeurope", False) == old.price("westeurope", False)  # not priced by the API: kept
+    assert "Retail Prices API" in pc.source and pc.as_of != load_builtin("azure").as_of
+    assert any("priceType eq 'Consumption'" in f for f in seen)

@@ -3,17 +3,33 @@
 ``DataFilePricing`` (the default, and what tests use) reads the dated JSON files shipped in this package.
 A cloud pricing API (AWS Pricing ``GetProducts`` + ``DescribeSpotPriceHistory``, the GCP Cloud Billing Catalog,
 the Azure Retail Prices API) plugs in as another ``PricingSource`` whose ``refresh()`` returns a fresh
-``ProviderCatalog``; the autoscaler only ever sees the ``Catalog``. moto has no pricing API, so no such source
-ships yet: the gap is documented in docs/architecture/autoscaler.md.
+``ProviderCatalog``; the autoscaler only ever sees the ``Catalog``. ``AzureRetailPricing`` reads the public
+Azure Retail Prices API (no credentials); AWS and GCP pricing sources need credentials and are not shipped yet
+(moto has no pricing API to test one against): see docs/architecture/autoscaler.md.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Protocol
 
-from gpufleet.coordinator.providers.catalog import BUILTIN_PROVIDERS, Catalog, ProviderCatalog, load_builtin, load_file
+from gpufleet.coordinator.providers.catalog import (
+    BUILTIN_PROVIDERS,
+    Catalog,
+    InstanceType,
+    ProviderCatalog,
+    RegionPrice,
+    load_builtin,
+    load_file,
+)
 
 
 class PricingSource(Protocol):
@@ -37,3 +53,57 @@ async def build_catalog(sources: Iterable[PricingSource] | None = None) -> Catal
     """A ``Catalog`` from the given sources (default: every built-in data file)."""
     srcs = list(sources) if sources is not None else [DataFilePricing(p) for p in BUILTIN_PROVIDERS]
     return Catalog([await s.refresh() for s in srcs])
+
+
+class AzureRetailPricing:
+    """Prices from the public Azure Retail Prices API (no credentials needed), for the types and regions of the
+    built-in Azure catalog. Shapes (GPUs, vCPUs, memory) stay those of the data file; a type/region the API does
+    not price keeps its data-file price. ``endpoint`` is configurable (tests use a loopback fake)."""
+
+    provider = "azure"
+
+    def __init__(
+        self, endpoint: str = "https://prices.azure.com", base: ProviderCatalog | None = None, timeout_s: float = 20.0
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.base = base
+        self.timeout_s = timeout_s
+
+    def _fetch(self, sku: str, region: str) -> list[dict[str, object]]:
+        query = urllib.parse.urlencode(
+            {
+                "$filter": f"serviceName eq 'Virtual Machines' and armSkuName eq '{sku}' and "
+                f"armRegionName eq '{region}' and priceType eq 'Consumption'"
+            }
+        )
+        url: str | None = f"{self.endpoint}/api/retail/prices?{query}"
+        items: list[dict[str, object]] = []
+        while url:
+            with urllib.request.urlopen(url, timeout=self.timeout_s) as resp:
+                page = json.loads(resp.read())
+            items.extend(page.get("Items", []))
+            url = page.get("NextPageLink") or None
+        return items
+
+    @staticmethod
+    def _pick(items: list[dict[str, object]], spot: bool) -> int:
+        for it in items:
+            name = f"{it.get('meterName', '')} {it.get('skuName', '')}"
+            if "Windows" in str(it.get("productName", "")) or "Low Priority" in name:
+                continue
+            if ("Spot" in name) == spot and str(it.get("unitOfMeasure", "")) == "1 Hour":
+                return int(Decimal(str(it["retailPrice"])) * 1_000_000)
+        return 0
+
+    async def refresh(self) -> ProviderCatalog:
+        base = self.base or load_builtin("azure")
+        types: dict[str, InstanceType] = {}
+        for t in base.types.values():
+            prices = dict(t.prices)
+            for region, old in t.prices.items():
+                items = await asyncio.to_thread(self._fetch, t.name, region)
+                on_demand, spot = self._pick(items, False), self._pick(items, True)
+                prices[region] = RegionPrice(on_demand or old.on_demand_micros, spot or old.spot_micros)
+            types[t.name] = replace(t, prices=prices)
+        today = datetime.now(UTC).date().isoformat()
+        return ProviderCatalog(base.provider, today, f"Azure Retail Prices API ({self.endpoint})", base.regions, types)
