@@ -194,3 +194,16 @@ def test_follow_logs_until_the_job_ends(fleet: Fleet) -> None:
     assert b"first" in data and b"second" in data, chunks
     assert chunks[-1].eof
     assert fleet.get_job(job.id).state == lc.SUCCEEDED
+
+
+def test_gang_job_runs_on_two_nodes_and_succeeds_when_both_ranks_do(fleet: Fleet) -> None:
+    script = 'echo "rank=$NODE_RANK world=$WORLD_SIZE nnodes=$NNODES master=$MASTER_ADDR:$MASTER_PORT"; sleep 1'
+    job = fleet.submit(job_spec(["sh", "-c", script], gpu_milli=2000, nodes=2, name="gang")).job
+    done = fleet.wait_job(job.id, lambda x: x.state in lc.TERMINAL)
+    assert done.state == lc.SUCCEEDED, done
+    assert sorted(a.node for a in done.assignments) == ["node-1", "node-2"]
+    assert _states(done) == ["PENDING", "SCHEDULED", "RUNNING", "SUCCEEDED"]
+    for rank in (0, 1):
+        req = jpb.GetJobLogsRequest(id=job.id, node_rank=rank)
+        out = b"".join(c.data for c in fleet.api().jobs.GetJobLogs(req, timeout=10)).decode()
+        assert f"rank={rank}" in out and "nnodes=2" in out, out
