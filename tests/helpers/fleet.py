@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import psutil
 import pytest
 
 from gpufleet.common.errors import LEADER_METADATA_KEY
@@ -222,6 +223,16 @@ class Fleet:
         for p in [*self.agents.values(), *self.coordinators.values()]:
             with contextlib.suppress(Exception):
                 p.stop(5)
+        self.kill_leftover_jobs()
+
+    def kill_leftover_jobs(self) -> None:
+        """Jobs outlive their agent by design; kill the ones this fleet's agents started (their simulated-GPU
+        directory lies under this fleet's folder)."""
+        root = str(self.tmp)
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if proc.environ().get("GPUFLEET_SIM_DIR", "").startswith(root):
+                    proc.kill()
 
     def logs(self) -> str:
         out = []
