@@ -178,3 +178,23 @@ async def test_a_failed_sample_does_not_stop_the_loops(tmp_path: Path) -> None:
             await task
     assert gs.enforcement_actions().get(("sample_failed", "BackendError")) == 1
     assert len(gs.telemetry()) == 8  # the next sample worked
+
+
+async def test_a_failed_stop_is_retried(tmp_path: Path) -> None:
+    attempts: list[str] = []
+
+    async def flaky_stop(job_id: str, reason: str, message: str) -> None:
+        attempts.append(job_id)
+        if len(attempts) == 1:
+            raise RuntimeError("daemon could not signal the job")
+
+    backend = create_backend("simulate:H100-80GB:1", tmp_path, node_name="n1")
+    gs = GpuSharing(backend, tmp_path, SharingConfig(memory_grace_s=0), flaky_stop, registry=CollectorRegistry())
+    with processes() as procs:
+        dev = shared(gs, 500, 100)
+        p = procs.sim_use(500, gs.job_env("j", [dev]))
+        gs.attach("j", p.pid, [dev], strict=False)
+        await sample_until(gs, lambda: len(attempts) >= 2)
+        await asyncio.sleep(0)
+    assert attempts == ["j", "j"]
+    assert gs.enforcement_actions()[("stop_failed", "GPU_MEMORY_LIMIT_EXCEEDED")] == 1

@@ -21,6 +21,7 @@ SIGTERM until resumed; detach resumes it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -294,15 +295,17 @@ class GpuSharing:
         log.warning("stopping job %s: %s", v.job_id, v.message)
         task = asyncio.get_running_loop().create_task(self._call_stop(v.job_id, MEMORY_REASON, v.message))
         self._tasks.add(task)
-        task.add_done_callback(self._stop_done)
+        task.add_done_callback(functools.partial(self._stop_done, v.job_id))
 
     async def _call_stop(self, job_id: str, reason: str, message: str) -> None:
         await self._stop_job(job_id, reason, message)
 
-    def _stop_done(self, task: asyncio.Task[None]) -> None:
+    def _stop_done(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("stop_job failed: %r", task.exception())
+            log.error("stop_job(%s) failed: %r; retrying at the next sample", job_id, task.exception())
+            self._actions[("stop_failed", MEMORY_REASON)] += 1
+            self._watchdog.rearm(job_id)
 
     # ------------------------------------------------------------------ MIG
 

@@ -49,6 +49,10 @@ class MemoryWatchdog:
     def limits(self, job_id: str) -> dict[int, int]:
         return {g: v for (j, g), v in self._limits.items() if j == job_id}
 
+    def rearm(self, job_id: str) -> None:
+        """Report the job again at the next sample it is still over (its stop failed)."""
+        self._reported.discard(job_id)
+
     def clear(self, job_id: str) -> None:
         for key in [k for k in self._limits if k[0] == job_id]:
             del self._limits[key]
