@@ -115,5 +115,10 @@ def main(argv: list[str]) -> int:
     except GpuFleetError as e:
         print(f"gpufleet agent: cannot start: {e}", file=sys.stderr)
         return 1
-    asyncio.run(daemon.run())
+    try:
+        asyncio.run(daemon.run())
+    except InvalidInputError as e:
+        for problem in e.problems:
+            print(f"gpufleet agent: {problem}", file=sys.stderr)
+        return 2
     return 0

@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 from importlib.metadata import PackageNotFoundError, version
+from wsgiref.simple_server import WSGIServer
 
 import psutil
 
@@ -33,7 +34,7 @@ from gpufleet.agent.interruptions import WATCHERS, watch_interruptions
 from gpufleet.agent.jobs.manager import JobManager
 from gpufleet.agent.local_state import JobRecord, LocalState
 from gpufleet.common.clock import Clock, SystemClock
-from gpufleet.common.errors import GpuFleetError
+from gpufleet.common.errors import GpuFleetError, InvalidInputError, Problem
 from gpufleet.proto.v1 import agent_pb2 as apb
 from gpufleet.proto.v1 import types_pb2 as pb
 
@@ -96,7 +97,7 @@ class AgentDaemon:
         self.address = settings.address or default_address()
         self.draining: apb.Drain | None = None
         self._last_inventory: bytes = b""
-        self._unhealthy: set[int] = set()
+        self._metrics_server: WSGIServer | None = None
         self._interruptions: list[apb.SpotInterruption] = []
         self._stop = asyncio.Event()
         self.metrics_port = 0
@@ -105,6 +106,22 @@ class AgentDaemon:
 
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT (or :meth:`request_stop`). Jobs keep running afterwards."""
+        if self.settings.metrics_port:
+            from gpufleet.agent.metrics import start_metrics_server
+
+            try:
+                server, _thread = start_metrics_server(self.settings.metrics_port, host=self.settings.metrics_host)
+            except OSError as e:
+                raise InvalidInputError(
+                    Problem(
+                        "metrics_port",
+                        f"cannot serve metrics on {self.settings.metrics_host}:{self.settings.metrics_port}: "
+                        f"{e.strerror}; pick a free port with --metrics-port (0: off)",
+                    )
+                ) from e
+            self._metrics_server = server
+            self.metrics_port = server.server_port
+            log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.metrics_port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -118,12 +135,6 @@ class AgentDaemon:
             running,
             len(recovered) - running,
         )
-        if self.settings.metrics_port:
-            from gpufleet.agent.metrics import start_metrics_server
-
-            server, _thread = start_metrics_server(self.settings.metrics_port, host=self.settings.metrics_host)
-            self.metrics_port = server.server_port
-            log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.metrics_port)
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [
@@ -146,6 +157,9 @@ class AgentDaemon:
                 loop.remove_signal_handler(sig)
             await self.jobs.close()
             self.sharing.close()
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -155,13 +169,15 @@ class AgentDaemon:
     async def _job_watch_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.jobs.check_interval_s)
-            self.jobs.check()
+            try:
+                self.jobs.check()
+            except OSError as e:  # e.g. a full disk while saving a record: keep watching, jobs keep running
+                log.error("checking jobs failed: %s", e)
 
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             for e in self.sharing.drain_health_events():
-                self._unhealthy.add(e.index)
                 self.client.send_event(
                     apb.AgentEvent(gpu_unhealthy=apb.GpuUnhealthy(gpu_index=e.index, uuid=e.uuid, reason=e.reason))
                 )

@@ -111,3 +111,16 @@ def test_interruptions_section(tmp_path: Path) -> None:
         load_settings(write(tmp_path, 'coordinators = ["c:1"]\n[interruptions]\nprovider = "ibm"\n'))
     with pytest.raises(InvalidInputError, match="pol_interval_s"):
         load_settings(write(tmp_path, 'coordinators = ["c:1"]\n[interruptions]\npol_interval_s = 1\n'))
+
+
+def test_metrics_port_in_use_exits_2_naming_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        argv = ["--coordinator", "127.0.0.1:9", "--name", "n1", "--simulate", "L4:1", "--metrics-port", port]
+        cfg = write(tmp_path, 'metrics_host = "127.0.0.1"\n[interruptions]\nprovider = "none"\n')
+        assert main([*argv, "--state-dir", str(tmp_path / "s"), "--config", str(cfg)]) == 2
+    assert "--metrics-port" in capsys.readouterr().err
