@@ -28,9 +28,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from gpufleet.common.errors import InvalidInputError
+from gpufleet.common.gpu_models import MODELS, GpuModel, plan_layout
 from gpufleet.coordinator.autoscaler.config import AutoscalerConfig, NodePoolConfig, SpotMode
 from gpufleet.coordinator.providers.catalog import Catalog, InstanceType, Offer
 from gpufleet.coordinator.scheduler import ClusterState, Scheduler
+from gpufleet.coordinator.scheduler.sim.build import set_mig_layout
 from gpufleet.proto.v1 import types_pb2 as pb
 
 UNITS = 720720  # lcm(1..16): a node's capacity; exact footprints for up to 16 jobs per node
@@ -153,10 +156,12 @@ class InFlight:
 # ---------------------------------------------------------------------------------------------- fit oracle
 
 
-def hypothetical_node(name: str, itype: InstanceType, provider: str, region: str, spot: bool, price: int) -> pb.Node:
-    """The ``pb.Node`` an instance of ``itype`` would register as (all GPUs healthy, MIG off)."""
-    from gpufleet.common.gpu_models import MODELS
-
+def hypothetical_node(
+    name: str, itype: InstanceType, provider: str, region: str, spot: bool, price: int, mig_profile: str = ""
+) -> pb.Node:
+    """The ``pb.Node`` an instance of ``itype`` would register as (all GPUs healthy). With ``mig_profile``, every
+    MIG-capable GPU is laid out with as many slices of that profile as fit (the re-layout the scheduler would ask
+    the agent for), so the scheduler counts slices instead of waiting on a re-layout; otherwise MIG is off."""
     model = MODELS.get(itype.gpu_model)
     inv = pb.NodeInventory(
         name=name,
@@ -184,7 +189,26 @@ def hypothetical_node(name: str, itype: InstanceType, provider: str, region: str
             numa_node=g // 4,
             mps_available=True,
         )
+    if mig_profile and model is not None and model.mig_capable:
+        layout = _full_layout(model, mig_profile)
+        for gpu in inv.gpus:
+            if layout:
+                gpu.mig_mode = pb.MIG_MODE_ENABLED
+                set_mig_layout(gpu, layout, name)
     return pb.Node(inventory=inv, state=pb.NODE_STATE_READY)
+
+
+def _full_layout(model: GpuModel, profile: str) -> list[str]:
+    """The most slices of ``profile`` one GPU of ``model`` holds ([] when the model has no such profile)."""
+    if profile not in {p.name for p in model.mig_profiles}:
+        return []
+    for n in range(model.profile(profile).max_instances, 0, -1):
+        try:
+            plan_layout(model, [profile] * n)
+        except InvalidInputError:
+            continue
+        return [profile] * n
+    return []
 
 
 def _upper_bound(res: ResourceKey, itype: InstanceType) -> int:
@@ -229,7 +253,8 @@ class SchedulerFit:
         if probes:
             state = ClusterState()
             for t, _ in probes:
-                state.upsert_node(hypothetical_node(f"probe/{t.provider}/{t.name}", t, t.provider, "probe", False, 0))
+                name = f"probe/{t.provider}/{t.name}"
+                state.upsert_node(hypothetical_node(name, t, t.provider, "probe", False, 0, mig_profile=res[3]))
             jobs = [_probe_job(res, i) for i in range(sum(ub for _, ub in probes))]
             self.scheduler_calls += 1
             plan = self.scheduler.schedule(state, jobs, now_ms=0)
@@ -343,9 +368,9 @@ class Planner:
         state = ClusterState()
         for i, b in enumerate(bins):
             o = b.offer.offer
-            state.upsert_node(
-                hypothetical_node(f"planned-{i}", o.instance_type, o.provider, o.region, o.spot, o.price_micros)
-            )
+            mig = next((shape.resources[3] for shape in b.contents if shape.resources[3]), "")
+            node = hypothetical_node(f"planned-{i}", o.instance_type, o.provider, o.region, o.spot, o.price_micros, mig)
+            state.upsert_node(node)
         plan = self.fit.scheduler.schedule(state, list(pending), now_ms=0)
         planned_ids = {j for b in bins for j in b.jobs}
         return {k: v for k, v in plan.unplaced.items() if k in planned_ids}

@@ -52,12 +52,17 @@ def job(
     memory_mib: int = 1024,
     preemptible: bool = True,
     state: pb.JobState.ValueType = pb.JOB_STATE_PENDING,
+    mig_profile: str = "",
 ) -> pb.Job:
     spec = pb.JobSpec(
         name=job_id,
         command=["true"],
         resources=pb.Resources(
-            gpu_milli=int(gpus * 1000), gpu_models=[model] if model else [], cpu_milli=cpu_milli, memory_mib=memory_mib
+            gpu_milli=0 if mig_profile else int(gpus * 1000),
+            gpu_models=[model] if model else [],
+            cpu_milli=cpu_milli,
+            memory_mib=memory_mib,
+            mig_profile=mig_profile,
         ),
         nodes=nodes,
         priority="normal",

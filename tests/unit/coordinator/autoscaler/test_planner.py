@@ -120,3 +120,12 @@ def test_fractional_jobs_share_nodes() -> None:
     )
     assert plan.node_count == 2 and plan.new_cost_micros_per_hour == 2 * D  # two halves per L4
     assert not plan.scheduler_unplaced
+
+
+def test_mig_slices_are_counted_per_gpu() -> None:
+    planner = Planner(small_catalog())
+    plan = planner.plan(_config(_pool()), [job(f"m{i}", mig_profile="1g.10gb") for i in range(10)])
+    assert _counts(plan) == {("h100x8", "a", False): 1}  # 7 slices per H100, 56 per node
+    assert not plan.unplaceable and not plan.scheduler_unplaced
+    big = planner.plan(_config(_pool()), [job(f"m{i}", mig_profile="7g.80gb") for i in range(9)])
+    assert _counts(big) == {("h100x8", "a", False): 2}
