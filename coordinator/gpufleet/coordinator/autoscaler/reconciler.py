@@ -30,7 +30,7 @@ from gpufleet.coordinator.autoscaler.backoff import OfferBackoff
 from gpufleet.coordinator.autoscaler.bootstrap import BootstrapConfig, NodeFacts, render_user_data
 from gpufleet.coordinator.autoscaler.config import AutoscalerConfig, SpotMode
 from gpufleet.coordinator.autoscaler.instance import COUNTED, TERMINAL, Instance, InstanceStatus, new_instance_id
-from gpufleet.coordinator.autoscaler.planner import InFlight, Launch, OfferKey, Planner, pool_offers
+from gpufleet.coordinator.autoscaler.planner import InFlight, Launch, OfferKey, Planner, pool_offers, shape_of
 from gpufleet.coordinator.autoscaler.scale_down import choose_removals, jobs_on
 from gpufleet.coordinator.autoscaler.storage import InstanceStorage
 from gpufleet.coordinator.providers.base import (
@@ -295,6 +295,22 @@ class Reconciler:
                     log.warning("autoscaler: terminating orphans %s failed: %s", stray, e)
         return out
 
+    def _wanted_by_pending(self, now: int) -> frozenset[str]:
+        """Registered nodes of a type some pending job fits on: removing them would only buy them again."""
+        grace = self.config.pending_grace_s * 1000
+        pending = [j for j in self.ports.pending_jobs() if now - (j.updated_ms or j.created_ms) >= grace]
+        if not pending:
+            return frozenset()
+        resources = {shape_of(j).resources for j in pending}
+        keep = set()
+        for inst in self.instances.values():
+            if inst.status != S.REGISTERED or inst.provider not in self.catalog.providers:
+                continue
+            itype = self.catalog.provider(inst.provider).types.get(inst.instance_type)
+            if itype is not None and any(self.planner.fit.caps(r, [itype]).get(itype.name, 0) > 0 for r in resources):
+                keep.add(inst.node)
+        return frozenset(keep)
+
     async def _scale_down(self, obs: Observed, now: int) -> list[Action]:
         removals = choose_removals(
             self.config,
@@ -304,6 +320,7 @@ class Reconciler:
             self.idle_since,
             now,
             self.planner.fit.scheduler,
+            protect=self._wanted_by_pending(now),
         )
         out: list[Action] = []
         for r in removals:

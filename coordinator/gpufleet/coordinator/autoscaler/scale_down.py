@@ -7,7 +7,7 @@ A node is a candidate when
   places all of its jobs on the other nodes (the candidate and the others being removed left out) - then the
   move saves the node's whole price. At most one such node per pass, so moves do not cascade.
 
-Never: a node running non-preemptible work (consolidation), a node that is cordoned for another reason, a pool
+Never: a node pending jobs could use (the reconciler protects it), a node running non-preemptible work (consolidation), a node that is cordoned for another reason, a pool
 that would go below ``min_nodes``, or more nodes of a pool in DRAINING/TERMINATING than its
 ``disruption_budget``. The most expensive candidates go first. The reconciler then cordons, drains and
 terminates them, in that order.
@@ -53,7 +53,9 @@ def choose_removals(
     idle_since_ms: Mapping[str, int],
     now_ms: int,
     scheduler: Scheduler | None = None,
+    protect: frozenset[str] = frozenset(),
 ) -> list[Removal]:
+    """Removals for this pass, in order. ``protect``: node names not to remove (e.g. pending work could use them)."""
     counted: dict[str, int] = defaultdict(int)
     disrupting: dict[str, int] = defaultdict(int)
     for inst in instances:
@@ -70,6 +72,8 @@ def choose_removals(
         pool = pools.get(inst.pool)
         node = nodes.get(inst.node)
         if pool is None or node is None or inst.status != InstanceStatus.REGISTERED or node.cordoned:
+            continue
+        if inst.node in protect:
             continue
         present = jobs_on(node, running)
         if not present:

@@ -180,6 +180,21 @@ async def test_idle_node_is_cordoned_drained_then_terminated() -> None:
     assert inst.status == S.TERMINATED and await w.running_cloud() == 0
 
 
+async def test_an_idle_node_pending_work_could_use_is_kept() -> None:
+    w = World(_pool(idle_timeout_s=60))
+    w.cluster.pending = [job("a", model="L4")]
+    await w.rec.reconcile_once()
+    w.boot_agents()
+    await w.rec.reconcile_once()  # the job is still pending (not placed yet): the node must stay
+    w.clock.advance(120)
+    await w.rec.reconcile_once()
+    assert not w.cluster.calls
+    w.cluster.pending = [job("h", model="H100-80GB")]  # pending work it cannot hold does not keep it
+    w.clock.advance(61)
+    await w.rec.reconcile_once()
+    assert [c[0] for c in w.cluster.calls] == ["cordon", "drain"]
+
+
 async def test_busy_nodes_stay_and_min_nodes_and_budget_hold() -> None:
     w = World(_pool(idle_timeout_s=60, min_nodes=1, disruption_budget=1, max_nodes=5))
     w.cluster.pending = [job(f"j{i}", model="L4") for i in range(4)]
