@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -58,7 +59,19 @@ class NodePoolConfig(_Strict):
         return self
 
 
+class BootstrapSettings(_Strict):
+    coordinators: list[str] = Field(min_length=1)
+    """host:port addresses new nodes' agents connect to (any replica)."""
+    join_token: str = ""
+    package: str = "gpufleet[nvml]"
+    """pip requirement installed on new nodes (pin a version or give a wheel URL in production)."""
+
+
 class AutoscalerConfig(_Strict):
+    providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Provider kind -> its settings (see each provider's ``create``), e.g. ``aws: {regions: {...}}``."""
+    bootstrap: BootstrapSettings | None = None
+    """How new nodes join; required for providers that provision real machines."""
     pools: list[NodePoolConfig] = Field(default_factory=list)
     interval_s: float = Field(default=10.0, gt=0)
     """Seconds between reconcile passes."""

@@ -8,6 +8,8 @@ The coordinator registers it on the leader elector::
     # on an agent's SpotInterruption event:
     await autoscaler.handle_interruption(node_name, event)
 
+or, from one config section, ``build_autoscaler(config, ports, store=store, leader_write=elector.leader_txn)``.
+
 ``set_enabled(True)`` loads the instance records (what a previous leader launched) and starts the loop;
 ``set_enabled(False)`` stops it before returning. A failed pass is logged and the next one runs on schedule.
 """
@@ -19,14 +21,20 @@ import contextlib
 import logging
 
 from gpufleet.common.clock import Clock, SystemClock
-from gpufleet.common.errors import GpuFleetError, NotLeaderError
+from gpufleet.common.errors import GpuFleetError, InvalidInputError, NotLeaderError, Problem
 from gpufleet.coordinator.autoscaler.bootstrap import BootstrapConfig
 from gpufleet.coordinator.autoscaler.config import AutoscalerConfig, validate_against
 from gpufleet.coordinator.autoscaler.instance import Instance
 from gpufleet.coordinator.autoscaler.reconciler import Action, ClusterPorts, Reconciler
-from gpufleet.coordinator.autoscaler.storage import InstanceStorage, MemoryInstanceStorage
+from gpufleet.coordinator.autoscaler.storage import (
+    InstanceStorage,
+    LeaderWrite,
+    MemoryInstanceStorage,
+    StoreInstanceStorage,
+)
 from gpufleet.coordinator.providers.catalog import Catalog
-from gpufleet.coordinator.providers.registry import ProviderRegistry
+from gpufleet.coordinator.providers.registry import ProviderRegistry, create_provider
+from gpufleet.coordinator.store import ClusterStore
 from gpufleet.proto.v1 import agent_pb2 as apb
 from gpufleet.proto.v1 import cluster_pb2 as cpb
 
@@ -102,3 +110,35 @@ class Autoscaler:
             except GpuFleetError as e:
                 log.warning("autoscaler pass failed: %s", e)
             await asyncio.sleep(self.config.interval_s)
+
+
+def build_autoscaler(
+    config: AutoscalerConfig,
+    ports: ClusterPorts,
+    *,
+    store: ClusterStore | None = None,
+    leader_write: LeaderWrite | None = None,
+    catalog: Catalog | None = None,
+    clock: Clock | None = None,
+) -> Autoscaler:
+    """Everything from one config section: providers (``config.providers``, decorated by the registry), records
+    in ``store`` (fenced by ``leader_write``, e.g. ``elector.leader_txn``; in memory without a store), bootstrap.
+    Raises InvalidInputError naming the field for a pool whose provider is not configured."""
+    problems = [
+        Problem(f"autoscaler.pools[{i}].provider", f"{p.provider!r} is not under autoscaler.providers")
+        for i, p in enumerate(config.pools)
+        if p.provider not in config.providers
+    ]
+    if problems:
+        raise InvalidInputError(problems)
+    registry = ProviderRegistry(create_provider(kind, settings) for kind, settings in config.providers.items())
+    bootstrap = None
+    if config.bootstrap is not None:
+        b = config.bootstrap
+        bootstrap = BootstrapConfig(tuple(b.coordinators), b.join_token, b.package)
+    storage: InstanceStorage = (
+        StoreInstanceStorage(store, leader_write, (clock or SystemClock()).now_ms)
+        if store is not None
+        else MemoryInstanceStorage()
+    )
+    return Autoscaler(config, registry, ports, catalog=catalog, storage=storage, bootstrap=bootstrap, clock=clock)

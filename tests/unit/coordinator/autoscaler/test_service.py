@@ -48,3 +48,29 @@ def test_pools_naming_unknown_things_are_rejected_naming_the_field() -> None:
     with pytest.raises(InvalidInputError) as e:
         Autoscaler(bad, ProviderRegistry([FakeProvider()]), FakeCluster().ports(), catalog=Catalog.builtin(["fake"]))
     assert "autoscaler.pools[0].regions" in str(e.value) and "autoscaler.pools[0].instance_types" in str(e.value)
+
+
+async def test_build_from_one_config_section(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from gpufleet.coordinator.autoscaler.service import build_autoscaler
+    from gpufleet.coordinator.store import open_store
+
+    raw = {
+        "providers": {"fake": {}},
+        "bootstrap": {"coordinators": ["10.0.0.1:7070"], "join_token": "t"},
+        "pools": [{"name": "l4", "provider": "fake", "regions": ["local-a"], "instance_types": ["sim-l4x1"]}],
+        "pending_grace_s": 0,
+    }
+    config = AutoscalerConfig.model_validate(raw)
+    store = open_store("embedded", tmp_path)
+    cluster = FakeCluster()
+    try:
+        scaler = build_autoscaler(config, cluster.ports(), store=store, catalog=Catalog.builtin(["fake"]))
+        cluster.pending = [job("a", model="L4")]
+        await scaler.run_once()
+        (inst,) = scaler.instances()
+        assert await store.get(f"/gpufleet/instances/{inst.id}") is not None
+    finally:
+        await store.close()
+    bad = AutoscalerConfig.model_validate({**raw, "providers": {}})
+    with pytest.raises(InvalidInputError, match=r"autoscaler\.pools\[0\]\.provider"):
+        build_autoscaler(bad, cluster.ports(), catalog=Catalog.builtin(["fake"]))
