@@ -313,3 +313,20 @@ async def test_a_type_the_cloud_rejects_is_invalid_input(
         assert await h.provider.list_instances({TAG_POOL: "rejected"}) == []
     finally:
         await h.provider.close()
+
+
+async def test_aws_request_carries_spot_market_tags_and_user_data(moto_endpoint: str) -> None:
+    import base64
+
+    h = _aws_harness(moto_endpoint)
+    try:
+        pool = "p" + uuid.uuid4().hex[:8]
+        (inst,) = await h.provider.launch(_req(h, pool=pool, spot=True))
+        ec2 = h.provider.client("us-east-1")  # type: ignore[attr-defined]
+        raw = ec2.describe_instances(InstanceIds=[inst.cloud_id])["Reservations"][0]["Instances"][0]
+        assert raw["InstanceLifecycle"] == "spot"
+        assert {t["Key"]: t["Value"] for t in raw["Tags"]}[TAG_POOL] == pool
+        attr = ec2.describe_instance_attribute(InstanceId=inst.cloud_id, Attribute="userData")
+        assert base64.b64decode(attr["UserData"]["Value"]).decode().startswith("#cloud-config")
+    finally:
+        await h.provider.close()
