@@ -9,11 +9,11 @@ from gpufleet.common import lifecycle as lc
 from gpufleet.common.clock import Clock
 from gpufleet.common.errors import (
     FailedPreconditionError,
-    GpuFleetError,
     InvalidInputError,
     NotFoundError,
     Problem,
     StoreError,
+    UnavailableError,
 )
 from gpufleet.common.ids import new_job_id
 from gpufleet.common.jobspec import PRIORITY_CLASSES, check_spec
@@ -45,6 +45,7 @@ class JobManager:
         self.clock = clock
         self._queue: list[tuple[pb.Job, asyncio.Future[tuple[pb.Job, bool]]]] = []
         self._committing = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: dict[str, asyncio.Future[tuple[pb.Job, bool]]] = {}
 
     async def submit(self, spec: pb.JobSpec, request_id: str) -> tuple[pb.Job, bool]:
@@ -68,21 +69,27 @@ class JobManager:
             fut.add_done_callback(lambda _f: self._inflight.pop(request_id, None))
         self._queue.append((job, fut))
         if not self._committing:
-            await self._drain_queue()
-        return await fut
+            # its own task: a caller that goes away (deadline, disconnect) must not strand the others' batch
+            self._committing = True
+            task = asyncio.create_task(self._drain_queue(), name="submit-commit")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(fut)
 
     async def _drain_queue(self) -> None:
-        """Group commit: whoever finds no commit in flight commits everything queued, a batch per txn."""
-        self._committing = True
+        """Group commit: one task at a time commits everything queued, a batch per txn."""
         try:
             while self._queue:
                 batch, self._queue = self._queue[:SUBMIT_BATCH], self._queue[SUBMIT_BATCH:]
                 try:
                     await self._commit_batch(batch)
-                except GpuFleetError as exc:
+                except (Exception, asyncio.CancelledError) as exc:  # handed to every waiting caller
+                    err = exc if isinstance(exc, Exception) else UnavailableError("the coordinator is stopping")
                     for _, fut in batch:
                         if not fut.done():
-                            fut.set_exception(exc)
+                            fut.set_exception(err)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
         finally:
             self._committing = False
 
