@@ -21,6 +21,7 @@ from typing import Any
 
 from gpufleet.agent.config import load_settings
 from gpufleet.common.errors import GpuFleetError, InvalidInputError
+from gpufleet.common.quantities import parse_cpu_milli, parse_memory_mib
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spot", action="store_true", default=None, help="this host is a spot/preemptible instance")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="node label (repeatable)")
     p.add_argument("--address", help="address other nodes reach this one at (gang rendezvous)")
+    p.add_argument("--cpu", help="CPUs offered to jobs, e.g. 96 or 500m (default: every CPU of this host)")
+    p.add_argument("--memory", help="memory offered to jobs, e.g. 1TiB or 512GiB (default: all of it)")
     p.add_argument("--join-token", help="token the coordinator may require")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -63,6 +66,14 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if not sep or not key:
             raise InvalidInputError(f"{item!r} is not KEY=VALUE; e.g. --label pool=training", field="--label")
         labels[key] = value
+    try:
+        cpu_milli = parse_cpu_milli(args.cpu) if args.cpu is not None else None
+    except ValueError as e:
+        raise InvalidInputError(str(e), field="--cpu") from None
+    try:
+        memory_mib = parse_memory_mib(args.memory) if args.memory is not None else None
+    except ValueError as e:
+        raise InvalidInputError(str(e), field="--memory") from None
     out: dict[str, Any] = {
         "coordinators": args.coordinator,
         "name": args.name,
@@ -77,6 +88,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "spot": args.spot,
         "address": args.address,
         "labels": labels or None,
+        "cpu_milli": cpu_milli,
+        "memory_mib": memory_mib,
     }
     if args.join_token is not None:
         out["connection"] = {"join_token": args.join_token}

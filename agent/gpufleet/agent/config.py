@@ -107,6 +107,10 @@ class AgentSettings(BaseSettings):
     instance_id: str = ""
     spot: bool = False
     labels: dict[str, str] = Field(default_factory=dict)
+    cpu_milli: int = Field(default=0, ge=0)
+    """CPU millicores offered to jobs (0: every CPU of this host); leave some for the system on big hosts."""
+    memory_mib: int = Field(default=0, ge=0)
+    """Host memory offered to jobs, MiB (0: all of this host's memory)."""
     connection: ConnectionSettings = ConnectionSettings()
     jobs: JobsSettings = JobsSettings()
     sharing: SharingConfig = SharingConfig()
@@ -249,6 +253,8 @@ _FLAG_FIX = {
     "metrics_port": "--metrics-port",
     "address": "--address",
     "labels": "--label",
+    "cpu_milli": "--cpu",
+    "memory_mib": "--memory",
 }
 
 

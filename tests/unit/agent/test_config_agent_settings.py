@@ -124,3 +124,12 @@ def test_metrics_port_in_use_exits_2_naming_the_flag(tmp_path: Path, capsys: pyt
         cfg = write(tmp_path, 'metrics_host = "127.0.0.1"\n[interruptions]\nprovider = "none"\n')
         assert main([*argv, "--state-dir", str(tmp_path / "s"), "--config", str(cfg)]) == 2
     assert "--metrics-port" in capsys.readouterr().err
+
+
+def test_offered_cpu_and_memory_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--coordinator", "127.0.0.1:7070", "--state-dir", str(tmp_path), "--simulate", "H100-80GB:8"]
+    assert main([*base, "--cpu", "192", "--memory", "2TiB", "--check-config"]) == 0
+    out = capsys.readouterr().out
+    assert '"cpu_milli": 192000' in out and '"memory_mib": 2097152' in out
+    assert main([*base, "--memory", "lots", "--check-config"]) == 2
+    assert "--memory" in capsys.readouterr().err
