@@ -3,12 +3,13 @@
 Every component is a separate process started as ``python -m gpufleet.common.cli coordinator|agent ...`` (common
 never imports the agent or coordinator modules). Ports are picked at run time unless ``--port`` is given. It prints
 where everything listens plus the ``export GPUFLEET_COORDINATOR=...`` line, runs until Ctrl-C or ``--duration``,
-then stops the agents and the coordinator (SIGTERM, then SIGKILL after a grace period).
+then stops the agents and the coordinator (SIGTERM, then SIGKILL after a grace period) and the jobs they ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import signal
 import subprocess
@@ -17,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType
+
+import psutil
 
 LISTEN_RE = re.compile(r"listening on (\S+)")
 GPUS_RE = re.compile(r"^[A-Za-z0-9._-]+:[0-9]+(,[A-Za-z0-9._-]+:[0-9]+)*$")
@@ -52,6 +55,19 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "gpufleet.common.cli", *args], stdout=out, stderr=subprocess.STDOUT
         )
+
+
+def _kill_leftover_jobs(state: Path) -> int:
+    """Jobs outlive their agent by design (agents re-adopt them); a dev fleet that stops takes its jobs along.
+    They are recognised by their simulated-GPU directory, which lies under the fleet's state directory."""
+    root = str(state.resolve())
+    killed = 0
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get("GPUFLEET_SIM_DIR", "").startswith(root):
+                proc.kill()
+                killed += 1
+    return killed
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -151,6 +167,8 @@ def main(argv: list[str]) -> int:
     finally:
         print("stopping the fleet ...", flush=True)
         _stop(procs)
+        if _kill_leftover_jobs(state):
+            print("stopped the jobs that were still running", flush=True)
     print("stopped.", flush=True)
     return 0
 
