@@ -255,8 +255,9 @@ class SchedulerFit:
             for t, _ in probes:
                 name = f"probe/{t.provider}/{t.name}"
                 state.upsert_node(hypothetical_node(name, t, t.provider, "probe", False, 0, mig_profile=res[3]))
-            jobs = [_probe_job(res, i) for i in range(sum(ub for _, ub in probes))]
             self.scheduler_calls += 1
+            # ids unique per probe: the scheduler may memoize parsed jobs by id (ids are unique in a real fleet)
+            jobs = [_probe_job(res, i, self.scheduler_calls) for i in range(sum(ub for _, ub in probes))]
             plan = self.scheduler.schedule(state, jobs, now_ms=0)
             placed: dict[str, int] = defaultdict(int)
             for p in plan.placements:
@@ -268,7 +269,7 @@ class SchedulerFit:
         return out
 
 
-def _probe_job(res: ResourceKey, i: int) -> pb.Job:
+def _probe_job(res: ResourceKey, i: int, call: int = 0) -> pb.Job:
     milli, gmem, models, mig, cpu, mem = res
     spec = pb.JobSpec(
         name=f"probe-{i}",
@@ -284,7 +285,7 @@ def _probe_job(res: ResourceKey, i: int) -> pb.Job:
         nodes=1,
         priority="normal",
     )
-    return pb.Job(id=f"probe-{i:05d}", spec=spec, state=pb.JOB_STATE_PENDING, priority_value=0)
+    return pb.Job(id=f"probe-{call}-{i:05d}", spec=spec, state=pb.JOB_STATE_PENDING, priority_value=0)
 
 
 # ---------------------------------------------------------------------------------------------- offers

@@ -129,3 +129,12 @@ def test_mig_slices_are_counted_per_gpu() -> None:
     assert not plan.unplaceable and not plan.scheduler_unplaced
     big = planner.plan(_config(_pool()), [job(f"m{i}", mig_profile="7g.80gb") for i in range(9)])
     assert _counts(big) == {("h100x8", "a", False): 2}
+
+
+def test_fit_answers_stay_right_across_shapes_and_passes() -> None:
+    planner = Planner(small_catalog())  # one scheduler instance answers every probe
+    cfg = _config(_pool())
+    for _ in range(2):
+        assert _counts(planner.plan(cfg, [job("s", 1, model="L4")])) == {("l4x1", "a", False): 1}
+        assert _counts(planner.plan(cfg, [job("b", 8, model="H100-80GB")])) == {("h100x8", "a", False): 1}
+        assert _counts(planner.plan(cfg, [job("f", 0.5, model="L4")])) == {("l4x1", "a", False): 1}
