@@ -42,6 +42,7 @@ class SchedulerConfig:
     preemption: bool = True
     fractional_mode: str = "shared"  # "shared" (time-sliced + memory watch) or "mps"
     max_placements_per_cycle: int = 0  # 0 = unlimited
+    max_mig_relayouts_per_cycle: int = 8  # more MIG jobs wait for the next cycle
     gang_base_port: int = 29500
 
     def team_quota(self, team: str) -> TeamQuota | None:

@@ -35,6 +35,7 @@ class MixClasses:
     gpus: I64  # whole GPUs needed on one node (0 for a fraction)
     cpu: I64  # mean CPU millicores of the class
     weight: F64  # popularity, sums to 1 (empty mix: no classes)
+    gpu_per_cpu: float = 0.0  # mean GPU milli requested per CPU millicore (GPU work only)
 
     def __len__(self) -> int:
         return len(self.weight)
@@ -84,11 +85,14 @@ class WorkloadMix:
             top = sorted(self._count.items(), key=lambda kv: -kv[1])[:MAX_CLASSES]
             total = sum(n for _, n in top) or 1
             col = np.array([k[0] for k, _ in top], dtype=np.int64)
+            milli = sum(int(THRESHOLDS[k[0]]) * max(1, k[1]) * n for k, n in self._count.items())
+            cpu_total = sum(self._cpu.values())
             self._cached = MixClasses(
                 column=col,
                 threshold=THRESHOLDS[col] if len(col) else np.zeros(0, dtype=np.int64),
                 gpus=np.array([k[1] for k, _ in top], dtype=np.int64),
                 cpu=np.array([self._cpu.get(k, 0) // max(1, n) for k, n in top], dtype=np.int64),
                 weight=np.array([n / total for _, n in top], dtype=np.float64),
+                gpu_per_cpu=milli / cpu_total if cpu_total > 0 else 0.0,
             )
         return self._cached

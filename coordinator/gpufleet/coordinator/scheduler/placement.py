@@ -57,6 +57,16 @@ def pick_whole(st: ClusterState, i: int, fits: B, k: int) -> list[int]:
     return pool[:k] if len(pool) >= k else free[:k]
 
 
+def whole_fits_row(st: ClusterState, req: Request, i: int) -> B:
+    """Idle GPUs of node slot i that a whole-GPU request may take (the GpuFit rule for one node)."""
+    row: B = st.g_valid[i] & st.g_healthy[i] & ~st.g_mig[i] & ~st.g_blocked[i] & (st.g_free_milli[i] >= MILLI)
+    if req.models:
+        row &= np.isin(st.g_model[i], [st.models.ids[m] for m in req.models if m in st.models.ids])
+    if req.mem_mib:
+        row &= st.g_total_mib[i] >= req.mem_mib
+    return row
+
+
 def member(st: ClusterState, req: Request, i: int, col: int, fits: B | None, mps: bool) -> Member:
     """Devices for one member on node slot i (col: the scored GPU for fractions and MIG)."""
     devices: list[pb.DeviceAssignment] = []
@@ -100,8 +110,8 @@ def member(st: ClusterState, req: Request, i: int, col: int, fits: B | None, mps
         uses.append(DeviceUse(col, milli, 0, slot.uuid))
         model_milli[model_of(col)] = milli
     elif req.kind != KIND_CPU:
-        assert fits is not None
-        for c in pick_whole(st, i, fits[i], req.gpus):
+        row = fits[i] if fits is not None else whole_fits_row(st, req, i)
+        for c in pick_whole(st, i, row, req.gpus):
             total = int(st.g_total_mib[i, c])
             devices.append(
                 pb.DeviceAssignment(

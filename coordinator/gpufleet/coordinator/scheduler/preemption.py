@@ -41,7 +41,8 @@ def _eligible(
         and st.team_milli.get(req.team, 0) + request_milli(req) <= q.guaranteed_milli
     )
     out: dict[str, tuple[tuple[int, int, int], Victim]] = {}
-    for job_id, bound in st.jobs.items():
+    for job_id in st.preemptible:
+        bound = st.jobs[job_id]
         if job_id in taken or job_id == req.job_id:
             continue
         job = running.get(job_id, bound.job)

@@ -6,8 +6,9 @@ Order matters:
 * filters go from cheapest and most selective to most specific: NodeHealth, PlacementConstraints,
   NodeResources, then the GPU filters (GpuFit for fractions/whole GPUs, Mig for slices), and the per-model
   Quota last so it only counts nodes that could otherwise take the job.
-* scores: Fragmentation dominates (packing by expected stranded capacity, FGD); BinPack breaks ties towards
-  fuller nodes/GPUs; Spread only speaks for jobs that ask to be spread.
+* scores (absolute integers, so per-node results can be cached within a cycle): Fragmentation (minus the
+  milli-GPU of expected stranded capacity a placement adds, FGD) dominates; BinPack (0..1000) breaks ties
+  towards fuller nodes/GPUs; Spread only speaks for jobs that ask to be spread.
 * permit: Gang (all members reserved or none).
 """
 
@@ -35,11 +36,11 @@ DEFAULT_PROFILE = Profile(
     name="default",
     pre_filter=_PRE,
     filter=_FILTERS,
-    score=((Fragmentation(), 8), (BinPack(), 1), (Spread(), 4)),
+    score=((Fragmentation(), 32), (BinPack(), 1), (Spread(), 64)),
     permit=(Gang(),),
 )
 BINPACK_PROFILE = Profile("binpack", _PRE, _FILTERS, ((BinPack(), 1), (Spread(), 1)), (Gang(),))
-SPREAD_PROFILE = Profile("spread", _PRE, _FILTERS, ((Spread(), 1),), (Gang(),))
+SPREAD_PROFILE = Profile("spread", _PRE, _FILTERS, ((Spread(always=True), 1),), (Gang(),))
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (DEFAULT_PROFILE, BINPACK_PROFILE, SPREAD_PROFILE)}
 

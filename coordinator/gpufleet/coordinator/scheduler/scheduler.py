@@ -25,6 +25,7 @@ from gpufleet.coordinator.scheduler.plugins.constraints import PlacementConstrai
 from gpufleet.coordinator.scheduler.plugins.mig import models_with_profile
 from gpufleet.coordinator.scheduler.profiles import DEFAULT_PROFILE
 from gpufleet.coordinator.scheduler.request import KIND_FRACTION, KIND_MIG, KIND_WHOLE, Request, request_from_job
+from gpufleet.coordinator.scheduler.shape_cache import ShapeCache
 from gpufleet.coordinator.scheduler.state import ClusterState
 from gpufleet.coordinator.scheduler.types import (
     SUCCESS,
@@ -47,6 +48,7 @@ class _Cycle:
     running: dict[str, pb.Job]
     failed: dict[tuple[object, ...], tuple[str, str]]
     taken: set[str]
+    cache: ShapeCache
     placed: int = 0
 
 
@@ -54,6 +56,9 @@ class Scheduler:
     def __init__(self, profile: Profile | None = None, config: SchedulerConfig | None = None) -> None:
         self.profile = profile or DEFAULT_PROFILE
         self.config = config or SchedulerConfig()
+        # parsed requests of pending jobs, memoized across cycles by (id, revision, updated_ms, attempt): a
+        # pending job's spec does not change, and parsing 10,000 protobufs per cycle would dominate the cycle
+        self._requests: dict[str, tuple[tuple[int, int, int, int], Request]] = {}
 
     # ------------------------------------------------------------------ public
     def schedule(
@@ -61,12 +66,23 @@ class Scheduler:
     ) -> Plan:
         plan = Plan()
         reqs: list[Request] = []
+        memo: dict[str, tuple[tuple[int, int, int, int], Request]] = {}
         for job in pending:
+            stamp = (job.revision, job.updated_ms, job.attempt, job.priority_value)
+            hit = self._requests.get(job.id)
+            if hit is not None and hit[0] == stamp:
+                memo[job.id] = hit
+                reqs.append(hit[1])
+                continue
             try:
-                reqs.append(request_from_job(job))
+                req = request_from_job(job)
             except InvalidInputError as e:
                 plan.unplaced[job.id] = f"invalid job spec: {e}"
                 plan.codes[job.id] = Status.ERROR.value
+                continue
+            memo[job.id] = (stamp, req)
+            reqs.append(req)
+        self._requests = memo
         mix = state.mix
         if mix.total < MIX_MIN_SAMPLES:
             extra = WorkloadMix()
@@ -74,7 +90,7 @@ class Scheduler:
                 extra.add(r.milli_per_gpu, r.gpus, r.cpu_milli)
             mix = mix.merged(extra)
         cycle = CycleState(state, self.config, now_ms, mix.classes())
-        run = _Cycle(plan, {j.id: j for j in running}, {}, set())
+        run = _Cycle(plan, {j.id: j for j in running}, {}, set(), ShapeCache())
         ahead: dict[str, int] = {}
         state.begin()
         try:
@@ -106,10 +122,22 @@ class Scheduler:
             plan.unplaced[req.job_id] = cached[1] + self._job_note(cycle, req, pos, team_ahead)
             plan.codes[req.job_id] = cached[0]
             return
+        if self._cacheable(req):
+            pick = run.cache.best(cycle, key, lambda cyc, mask: self._evaluate(cyc, req, mask))
+            if pick is not None:
+                mps = self.config.fractional_mode == "mps"
+                m = placement.member(cycle.state, req, pick[0], pick[1], None, mps)
+                if self._commit(cycle, run, req, [m]):
+                    return
         res, cand = self.filter(cycle, req)
         if res.ok and self._place(cycle, run, req, cand):
             return
-        if not res.ok and req.kind == KIND_MIG and res.status == Status.UNSCHEDULABLE:
+        if (
+            not res.ok
+            and req.kind == KIND_MIG
+            and res.status == Status.UNSCHEDULABLE
+            and len(plan.mig_relayouts) < self.config.max_mig_relayouts_per_cycle
+        ):
             base = cycle.notes.get("pre_gpu_nodes")
             if isinstance(base, np.ndarray):
                 choice = mig_relayout.plan(cycle.state, req, base)
@@ -159,11 +187,29 @@ class Scheduler:
         return SUCCESS, cand
 
     # ------------------------------------------------------------------ choose and reserve
+    def _cacheable(self, req: Request) -> bool:
+        if req.nodes > 1 or req.kind == KIND_MIG:
+            return False
+        q = self.config.team_quota(req.team)
+        return q is None or not q.per_model
+
+    def _evaluate(self, cycle: CycleState, req: Request, mask: B) -> tuple[Candidates, Options, I64] | None:
+        res, cand = self.filter(cycle, req, mask)
+        if not res.ok:
+            return None
+        opts = placement.options(req, cand)
+        if len(opts) == 0:
+            return None
+        return cand, opts, self._scores(cycle, req, opts)
+
     def _place(self, cycle: CycleState, run: _Cycle, req: Request, cand: Candidates) -> bool:
-        st = cycle.state
         members = self._choose(cycle, req, cand)
         if not members:
             return False
+        return self._commit(cycle, run, req, members)
+
+    def _commit(self, cycle: CycleState, run: _Cycle, req: Request, members: list[Member]) -> bool:
+        st = cycle.state
         mark = st.mark()
         for m in members:
             st.reserve(m.alloc, req.team, m.model_milli)

@@ -66,7 +66,7 @@ class BoundJob:
     team: str
     milli: int
     model_milli: dict[str, int] = field(default_factory=dict)
-    mix_key: tuple[int, int, int] = (0, 0, 0)  # (milli_per_gpu, gpus, cpu) added to the mix
+    mix_key: tuple[int, int, int] | None = None  # (milli_per_gpu, gpus, cpu) added to the mix
 
 
 def _price_micros(labels: dict[str, str]) -> int:
@@ -134,6 +134,7 @@ class ClusterState:
         self.zones = _Interner()  # "provider/region/zone"
         self.providers = _Interner()
         self.jobs: dict[str, BoundJob] = {}
+        self.preemptible: set[str] = set()  # bound jobs with spec.preemptible (preemption candidates)
         self.node_jobs: dict[str, set[str]] = {}
         self.team_milli: dict[str, int] = {}
         self.team_model_milli: dict[tuple[str, str], int] = {}
@@ -196,6 +197,7 @@ class ClusterState:
         mk1("n_free_milli", np.int64, 0)  # sum of free milli on usable GPUs
         mk1("n_max_frac", np.int64, 0)  # largest free milli on one usable GPU
         mk1("n_model", np.int32, -1)  # the node's GPU model when uniform, else -2
+        mk1("n_version", np.int64, 0)  # bumps whenever the node's row changes (per-node caches)
         sig = getattr(self, "n_sigma", None)
         cols = len(THRESHOLDS)
         new_sig = np.zeros((cap, cols), dtype=np.int64)
@@ -240,24 +242,30 @@ class ClusterState:
     n_free_milli: I64
     n_max_frac: I64
     n_model: I32
+    n_version: I64
 
     def _refresh(self, i: int) -> None:
         usable = self.g_valid[i] & self.g_healthy[i] & ~self.g_mig[i]
         free = np.where(usable, self.g_free_milli[i], 0)
         self.n_usable[i] = int(usable.sum())
-        self.n_free_whole[i] = int(((free >= MILLI) & usable & ~self.g_blocked[i]).sum())
-        self.n_free_milli[i] = int(free.sum())
-        self.n_max_frac[i] = int(free.max()) if free.size else 0
-        self.n_sigma[i] = ((free[None, :] < THRESHOLDS[:, None]) * free[None, :]).sum(axis=1)
-        for arr in self.mig_free.values():
-            arr[i] = 0
+        self.n_free_whole[i] = int(((free >= MILLI) & ~self.g_blocked[i]).sum())
+        srt = np.sort(free)
+        self.n_free_milli[i] = int(srt.sum())
+        self.n_max_frac[i] = int(srt[-1]) if srt.size else 0
+        # sigma[t] = sum of free values < THRESHOLDS[t]: prefix sums of the sorted row
+        prefix = np.concatenate(([0], np.cumsum(srt)))
+        self.n_sigma[i] = prefix[np.searchsorted(srt, THRESHOLDS, side="left")]
+        if self.mig_free:
+            for arr in self.mig_free.values():
+                arr[i] = 0
         for c, slots in enumerate(self.mig_slots[i]):
-            if self.g_blocked[i, c] or not self.g_healthy[i, c]:
+            if not slots or self.g_blocked[i, c] or not self.g_healthy[i, c]:
                 continue
             for s in slots:
                 if not s.used:
                     self.mig_free_array(s.profile)[i, c] += 1
         self.version += 1
+        self.n_version[i] = self.version
 
     def mig_free_array(self, profile: str) -> I64:
         """(cap, G) count of free MIG slices of ``profile`` per GPU (created on first use)."""
@@ -434,10 +442,12 @@ class ClusterState:
             req: Request | None = request_from_job(job)
         except InvalidInputError:
             req = None
-        if req is not None and req.kind in ("fraction", "whole"):
+        if req is not None and req.kind in ("fraction", "whole", "cpu"):
             bound.mix_key = (req.milli_per_gpu, req.gpus, req.cpu_milli)
             self.mix.add(*bound.mix_key)
         self.jobs[job.id] = bound
+        if job.spec.preemptible:
+            self.preemptible.add(job.id)
         for a in allocs:
             self.node_jobs.setdefault(a.node, set()).add(job.id)
             self._apply(a, +1)
@@ -447,6 +457,7 @@ class ClusterState:
         bound = self.jobs.pop(job_id, None)
         if bound is None:
             return
+        self.preemptible.discard(job_id)
         for a in bound.allocs:
             self._apply(a, -1)
             s = self.node_jobs.get(a.node)
@@ -455,7 +466,7 @@ class ClusterState:
                 if not s:
                     del self.node_jobs[a.node]
         self._usage(bound.team, bound.model_milli, -1)
-        if bound.mix_key[1]:
+        if bound.mix_key is not None:
             self.mix.add(*bound.mix_key, sign=-1)
 
     # ------------------------------------------------------------------ in-cycle reservations
@@ -508,6 +519,54 @@ class ClusterState:
             else:
                 self.g_blocked[u.i, u.col] = False
                 self._refresh(u.i)
+
+    # ------------------------------------------------------------------ compact views
+    _ROW_ARRAYS = (
+        "g_valid",
+        "g_healthy",
+        "g_mig",
+        "g_blocked",
+        "g_model",
+        "g_numa",
+        "g_total_mib",
+        "g_free_milli",
+        "g_free_mib",
+        "n_alive",
+        "n_ready",
+        "n_spot",
+        "n_region",
+        "n_zone",
+        "n_provider",
+        "n_price",
+        "n_cpu",
+        "n_mem",
+        "n_free_cpu",
+        "n_free_mem",
+        "n_gpus",
+        "n_usable",
+        "n_free_whole",
+        "n_free_milli",
+        "n_max_frac",
+        "n_model",
+        "n_version",
+        "n_sigma",
+    )
+
+    def rows(self, idx: I64) -> ClusterState:
+        """A read-only copy of the rows ``idx`` (node slots renumbered 0..len-1) for filtering and scoring a few
+        nodes without touching fleet-sized arrays. Names, interners and team usage are shared."""
+        view = object.__new__(ClusterState)
+        for name in self._ROW_ARRAYS:
+            setattr(view, name, getattr(self, name)[idx])
+        view.n = len(idx)
+        view._cap = len(idx)
+        view.G = self.G
+        view.models, view.regions, view.zones, view.providers = self.models, self.regions, self.zones, self.providers
+        view.team_milli, view.team_model_milli = self.team_milli, self.team_model_milli
+        view.names = [self.names[int(i)] for i in idx]
+        view.mig_free = {}
+        view.mig_slots = [self.mig_slots[int(i)] for i in idx]
+        return view
 
     # ------------------------------------------------------------------ summaries
     def capacity_milli(self) -> int:

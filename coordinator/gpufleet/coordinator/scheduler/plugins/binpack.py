@@ -1,6 +1,6 @@
 """BinPack score: prefer the fullest node (and, for a fraction or MIG slice, the fullest GPU).
 
-CPU-only jobs prefer nodes with the least idle GPU capacity, so they do not strand GPUs behind full CPUs.
+Scores are absolute (not min-max scaled), so a node's score depends on that node only. CPU-only jobs prefer nodes with the least idle GPU capacity, so they do not strand GPUs behind full CPUs.
 """
 
 from __future__ import annotations
@@ -8,25 +8,34 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
-from gpufleet.coordinator.scheduler.framework import I64, CycleState, Options, normalize
+from gpufleet.coordinator.scheduler.framework import I64, CycleState, Options
 from gpufleet.coordinator.scheduler.request import KIND_CPU, MILLI, Request
+from gpufleet.coordinator.scheduler.types import MAX_SCORE
 
 
 class BinPack:
+    """Absolute scores in 0..MAX_SCORE (node-local, cacheable)."""
+
     name: ClassVar[str] = "BinPack"
 
     def score(self, cycle: CycleState, req: Request, opts: Options) -> I64:
         st = cycle.state
         nodes = opts.node
         if req.kind == KIND_CPU:
-            idle = st.n_free_milli[nodes].astype(np.float64)
+            idle = np.minimum(st.n_free_milli[nodes], 8 * MILLI) / (8 * MILLI)
             cpu_used = 1.0 - (st.n_free_cpu[nodes] - req.cpu_milli) / np.maximum(st.n_cpu[nodes], 1)
-            return normalize(cpu_used - idle / MILLI)
+            return _scale((cpu_used + 1.0 - idle) / 2.0)
         cap = np.maximum(st.n_usable[nodes], 1) * MILLI
         used_after = cap - st.n_free_milli[nodes] + req.gpus * req.milli_per_gpu
-        raw = used_after / cap
+        raw = np.minimum(used_after / cap, 1.0)
         if len(opts) and int(opts.col[0]) >= 0:
-            gpu_used = MILLI - st.g_free_milli[nodes, opts.col]
-            raw = raw + 2.0 * gpu_used / MILLI
-        return normalize(raw.astype(np.float64))
+            gpu_used = (MILLI - st.g_free_milli[nodes, opts.col]) / MILLI
+            raw = (raw + 2.0 * gpu_used) / 3.0
+        return _scale(raw)
+
+
+def _scale(x: npt.NDArray[np.float64]) -> I64:
+    out: I64 = np.rint(np.clip(x, 0.0, 1.0) * MAX_SCORE).astype(np.int64)
+    return out

@@ -17,7 +17,6 @@ import numpy as np
 from gpufleet.coordinator.scheduler.framework import I64, CycleState, Options
 from gpufleet.coordinator.scheduler.mix import F64
 from gpufleet.coordinator.scheduler.request import KIND_MIG, MILLI, Request
-from gpufleet.coordinator.scheduler.types import MAX_SCORE
 
 
 def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
@@ -44,16 +43,13 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
         d = req.gpus * MILLI
         inf_a = cpu_short | ((k > 0) & ((whole - req.gpus)[:, None] < k))
         term = np.where(inf_b, -float(d), np.where(inf_a, s[:, None] - d - sig, 0.0))
-        node_delta: F64 = term @ w
+        node_delta: F64 = term @ w + _cpu_strand(cycle, req, s, cpu, d)
         return node_delta[inv]
     d = req.milli_per_gpu
     f = st.g_free_milli[opts.node, opts.col]
     # two node variants: the chosen GPU was idle (one fewer idle GPU after) or already shared
     out = np.empty(len(opts), dtype=np.float64)
-    grid = np.arange(MILLI + 1, dtype=np.int64)
-    thr = mix.threshold[None, :]
-    after = np.maximum(grid - d, 0)[:, None]
-    gtab = np.where(after < thr, after, 0) - np.where(grid[:, None] < thr, grid[:, None], 0)  # (1001, M)
+    gtab = _gpu_table(cycle, d)
     for idle in (False, True):
         sel = (f >= MILLI) if idle else (f < MILLI)
         if not sel.any():
@@ -64,18 +60,46 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
         rows = inv[sel]
         gpu_term = np.einsum("cm,cm->c", wfeas[rows], gtab[f[sel]])
         out[sel] = node_term[rows] + gpu_term
+    return out + _cpu_strand(cycle, req, s, cpu, d)[inv]
+
+
+def _cpu_strand(cycle: CycleState, req: Request, s: F64, cpu: I64, d: int) -> F64:
+    """Change of the GPU share a node's CPU can no longer feed at the mix's CPU per GPU (FGD looks one pod
+    ahead; this looks at the whole remaining node: a node with 4 idle GPUs and CPU for one more pod strands 3)."""
+    rho = cycle.mix.gpu_per_cpu
+    if rho <= 0 or CPU_STRAND_WEIGHT == 0:
+        return np.zeros(len(s), dtype=np.float64)
+    before = np.maximum(0.0, s - cpu * rho)
+    after = np.maximum(0.0, (s - d) - (cpu - req.cpu_milli) * rho)
+    out: F64 = CPU_STRAND_WEIGHT * (after - before)
+    return out
+
+
+CPU_STRAND_WEIGHT = 1.0
+
+
+def _gpu_table(cycle: CycleState, d: int) -> I64:
+    """(1001, M) change of h_m when a GPU with f free gets d more used; cached per cycle (the mix is fixed)."""
+    key = f"frag_gtab:{d}"
+    tab = cycle.notes.get(key)
+    if isinstance(tab, np.ndarray):
+        return tab
+    grid = np.arange(MILLI + 1, dtype=np.int64)
+    thr = cycle.mix.threshold[None, :]
+    after = np.maximum(grid - d, 0)[:, None]
+    out: I64 = np.where(after < thr, after, 0) - np.where(grid[:, None] < thr, grid[:, None], 0)
+    cycle.notes[key] = out
     return out
 
 
 class Fragmentation:
+    """Score = minus the fragmentation increase in milli-GPU (absolute, so a node's score depends on that
+    node only and can be cached per request shape until the node changes)."""
+
     name: ClassVar[str] = "Fragmentation"
 
     def score(self, cycle: CycleState, req: Request, opts: Options) -> I64:
         if req.kind == KIND_MIG or len(cycle.mix) == 0 or len(opts) == 0:
-            return np.full(len(opts), MAX_SCORE, dtype=np.int64)
-        # 1 point per milli-GPU of expected stranded capacity above the best option (not min-max scaled:
-        # one outlier option must not flatten the differences between the good ones)
-        delta = frag_delta(cycle, req, opts)
-        excess = np.clip(delta - delta.min(), 0, MAX_SCORE)
-        out: I64 = (MAX_SCORE - np.rint(excess)).astype(np.int64)
+            return np.zeros(len(opts), dtype=np.int64)
+        out: I64 = np.rint(-frag_delta(cycle, req, opts)).astype(np.int64)
         return out

@@ -1,4 +1,5 @@
-"""Spread score, only for jobs that ask for it (PlacementPolicy.spread): prefer the emptiest node."""
+"""Spread score, only for jobs that ask for it (PlacementPolicy.spread) unless ``always``: prefer the emptiest
+node (absolute score: free GPU share + free CPU share)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,23 @@ from typing import ClassVar
 
 import numpy as np
 
-from gpufleet.coordinator.scheduler.framework import I64, CycleState, Options, normalize
+from gpufleet.coordinator.scheduler.framework import I64, CycleState, Options
 from gpufleet.coordinator.scheduler.request import MILLI, Request
+from gpufleet.coordinator.scheduler.types import MAX_SCORE
 
 
 class Spread:
     name: ClassVar[str] = "Spread"
 
+    def __init__(self, always: bool = False) -> None:
+        self.always = always
+
     def score(self, cycle: CycleState, req: Request, opts: Options) -> I64:
-        if not req.spread:
+        if not (req.spread or self.always):
             return np.zeros(len(opts), dtype=np.int64)
         st = cycle.state
         nodes = opts.node
         cap = np.maximum(st.n_usable[nodes], 1) * MILLI
         free_share = st.n_free_milli[nodes] / cap + st.n_free_cpu[nodes] / np.maximum(st.n_cpu[nodes], 1)
-        return normalize(free_share.astype(np.float64))
+        out: I64 = np.rint(np.clip(free_share / 2.0, 0.0, 1.0) * MAX_SCORE).astype(np.int64)
+        return out

@@ -1,0 +1,214 @@
+"""Scheduler benchmark: placement quality on the Alibaba trace, and throughput. Prints tables, asserts nothing.
+
+    python -m bench.scheduler            # full run (a few minutes)
+    python -m bench.scheduler --quick    # a quarter of the Alibaba cluster, a smaller fleet
+
+(1) Quality, with the workload-inflation protocol of Weng et al. (ATC'23): pods sampled from a pod list are
+submitted one by one, nothing leaves, until the requested GPU capacity reaches 130 % of the cluster; the
+share of GPU capacity allocated when arrivals reach 100 % and 130 % is reported for gpufleet's default policy
+and the first-fit / best-fit baselines of ``bench/baselines.py``, next to FGD's published numbers.
+(2) Throughput on a simulated fleet of N nodes x 8 GPUs with a mixed workload (fractions, MIG slices,
+1/2/4/8-GPU jobs, 2-node gangs): placements per second within one cycle and when each job is its own cycle
+(bind included), and the time of one cycle over 10,000 pending jobs on the loaded fleet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bench import alibaba
+from bench.baselines import BEST_FIT, FIRST_FIT
+from gpufleet.coordinator.scheduler import ClusterState, Scheduler
+from gpufleet.coordinator.scheduler.framework import Profile
+from gpufleet.coordinator.scheduler.profiles import DEFAULT_PROFILE
+from gpufleet.coordinator.scheduler.sim.build import make_job, make_node, placed
+from gpufleet.coordinator.scheduler.sim.trace import SimJob
+from gpufleet.proto.v1 import types_pb2 as pb
+
+# FGD's allocation at 130 % arrived, from the paper (default list: FGD / best-fit / first-fit)
+PUBLISHED = {"default": 95.4, "gpushare40": 94.2, "multigpu20": 95.7, "gpuspec10": 94.9}
+PUBLISHED_BASELINES = {("default", "best-fit"): 93.2, ("default", "first-fit"): 94.5}
+POLICIES: tuple[tuple[str, Profile], ...] = (
+    ("gpufleet", DEFAULT_PROFILE),
+    ("best-fit", BEST_FIT),
+    ("first-fit", FIRST_FIT),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Inflation:
+    at100: float
+    at130: float
+    jobs: int
+    unplaced: int
+    seconds: float
+
+
+def inflate(nodes: Sequence[pb.Node], jobs: Sequence[SimJob], profile: Profile) -> Inflation:
+    st = ClusterState()
+    for n in nodes:
+        st.upsert_node(n)
+    cap = st.capacity_milli()
+    sched = Scheduler(profile)
+    requested = 0
+    at100 = -1.0
+    unplaced = 0
+    t0 = time.perf_counter()
+    for sj in jobs:
+        plan = sched.schedule(st, [sj.job], 0)
+        p = plan.placement(sj.id)
+        if p is None:
+            unplaced += 1
+        else:
+            st.bind(placed(sj.job, p.assignments))
+        requested += sj.job.spec.resources.gpu_milli
+        if at100 < 0 and requested >= cap:
+            at100 = st.allocated_milli() / cap
+    return Inflation(at100, st.allocated_milli() / cap, len(jobs), unplaced, time.perf_counter() - t0)
+
+
+def quality(quick: bool, lists: Sequence[str], seed: int) -> None:
+    nodes = alibaba.nodes()
+    if quick:
+        nodes = nodes[::4]
+    cap = sum(len(n.inventory.gpus) for n in nodes) * 1000
+    print(
+        f"\n(1) Placement quality, Alibaba trace, {len(nodes)} nodes / {cap // 1000} GPUs, workload inflation to 130 %"
+    )
+    hdr = f"{'pod list':<11} {'policy':<10} {'@100%':>7} {'@130%':>7} {'FGD paper':>9} {'vs FGD':>7} {'jobs':>6} {'unplaced':>8} {'s':>6}"
+    print(hdr)
+    print("-" * len(hdr))
+    for name in lists:
+        jobs = alibaba.inflation_jobs(alibaba.pods(name), cap, 1.3, seed)
+        for label, profile in POLICIES:
+            r = inflate(nodes, jobs, profile)
+            paper = PUBLISHED.get(name) if label == "gpufleet" else PUBLISHED_BASELINES.get((name, label))
+            ref = PUBLISHED[name]
+            print(
+                f"{name:<11} {label:<10} {r.at100 * 100:6.1f}% {r.at130 * 100:6.1f}% "
+                f"{(f'{paper:.1f}%' if paper else '-'):>9} {r.at130 * 100 - ref:+6.1f} {r.jobs:>6} {r.unplaced:>8} "
+                f"{r.seconds:6.1f}"
+            )
+    print("vs FGD: percentage points against FGD's published allocation at 130 % on the same pod list")
+
+
+# ---------------------------------------------------------------- throughput
+
+
+def fleet(n_nodes: int) -> list[pb.Node]:
+    out = []
+    for i in range(n_nodes):
+        region = ("east", "west")[i % 2]
+        mig = [["3g.40gb", "2g.20gb", "1g.10gb"], ["1g.10gb"] * 7] if i % 10 == 0 else []
+        out.append(
+            make_node(
+                f"n{i:04d}",
+                "H100-80GB",
+                8,
+                192_000,
+                2_097_152,
+                region=region,
+                zone=f"{region}-{i % 4 // 2}",
+                mig_layouts=mig,
+            )
+        )
+    return out
+
+
+def mixed_jobs(rng: random.Random, n: int, prefix: str) -> list[pb.Job]:
+    jobs = []
+    for k in range(n):
+        kind = rng.choices(("frac", "mig", "w1", "w2", "w4", "w8", "gang"), weights=(30, 8, 35, 10, 8, 6, 3))[0]
+        jid = f"{prefix}{k}"
+        cpu = rng.choice((1000, 2000, 4000, 8000))
+        if kind == "frac":
+            job = make_job(jid, rng.choice((0.1, 0.25, 0.3, 0.5, 0.75)), cpu, 4096, created_ms=k)
+        elif kind == "mig":
+            job = make_job(jid, 0, cpu, 4096, mig_profile=rng.choice(("1g.10gb", "2g.20gb", "3g.40gb")), created_ms=k)
+        elif kind == "gang":
+            job = make_job(jid, 8, 16_000, 65536, nodes=2, created_ms=k)
+        else:
+            job = make_job(jid, int(kind[1:]), cpu * int(kind[1:]), 16384, created_ms=k)
+        jobs.append(job)
+    return jobs
+
+
+def throughput(n_nodes: int, seed: int) -> None:
+    rng = random.Random(seed)
+    nodes = fleet(n_nodes)
+    st = ClusterState()
+    for n in nodes:
+        st.upsert_node(n)
+    cap = st.capacity_milli()
+    sched = Scheduler()
+    # enough work to fill about 85 % of the fleet
+    batch: list[pb.Job] = []
+    want = 0
+    while want < 0.85 * cap:
+        j = mixed_jobs(rng, 1, f"b{len(batch)}-")[0]
+        batch.append(j)
+        want += max(j.spec.resources.gpu_milli, 140) * max(1, j.spec.nodes)
+    print(f"\n(2) Throughput, {n_nodes} nodes x 8 H100 ({n_nodes // 10} nodes with MIG GPUs), one core")
+    t0 = time.perf_counter()
+    plan = sched.schedule(st, batch, 0)
+    dt = time.perf_counter() - t0
+    rate_cycle = len(plan.placements) / dt
+    print(
+        f"  one cycle, {len(batch)} pending:        {len(plan.placements):>6} placed in {dt * 1000:8.1f} ms "
+        f"= {rate_cycle:8.0f} placements/s"
+    )
+    # streaming: each job its own cycle, placement bound like the coordinator does
+    st2 = ClusterState()
+    for n in nodes:
+        st2.upsert_node(n)
+    t0 = time.perf_counter()
+    n_placed = 0
+    for j in batch:
+        p = sched.schedule(st2, [j], 0).placement(j.id)
+        if p is not None:
+            st2.bind(placed(j, p.assignments))
+            n_placed += 1
+    dt2 = time.perf_counter() - t0
+    print(
+        f"  one job per cycle + bind:            {n_placed:>6} placed in {dt2 * 1000:8.1f} ms "
+        f"= {n_placed / dt2:8.0f} placements/s"
+    )
+    print(f"  fleet GPU allocation after the fill: {st2.allocated_milli() / cap * 100:5.1f}%")
+    pending = mixed_jobs(rng, 10_000, "p")
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        plan = sched.schedule(st2, pending, 1)
+        times.append(time.perf_counter() - t0)
+    print(
+        f"  one cycle over 10,000 pending on the loaded fleet: {min(times) * 1000:8.1f} ms (best of 3; "
+        f"{len(plan.placements)} placed, {len(plan.unplaced)} with reasons)"
+    )
+    print("  targets: >= 5,000 placements/s, < 100 ms for the 10,000-job cycle")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.scheduler", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="a quarter of the Alibaba cluster, 250-node fleet")
+    ap.add_argument("--pods", default=",".join(alibaba.POD_LISTS), help="pod lists, comma-separated")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--nodes", type=int, default=0, help="throughput fleet size (default 1000, 250 with --quick)")
+    args = ap.parse_args(argv)
+    if not args.skip_quality:
+        quality(args.quick, [p for p in args.pods.split(",") if p], args.seed)
+    if not args.skip_throughput:
+        throughput(args.nodes or (250 if args.quick else 1000), args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
