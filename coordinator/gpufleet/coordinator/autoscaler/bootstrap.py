@@ -40,6 +40,7 @@ class NodeFacts:
     instance_type: str
     spot: bool
     zone: str = ""
+    labels: dict[str, str] = field(default_factory=dict)  # the pool's node labels
 
 
 def _toml_str(value: str) -> str:
@@ -47,7 +48,7 @@ def _toml_str(value: str) -> str:
 
 
 def agent_toml(cfg: BootstrapConfig, facts: NodeFacts) -> str:
-    labels = {"gpufleet.io/pool": facts.pool, **cfg.extra_labels}
+    labels = {**cfg.extra_labels, **facts.labels, "gpufleet.io/pool": facts.pool}
     lines = [
         f"name = {_toml_str(facts.node_name)}",
         f"coordinators = [{', '.join(_toml_str(c) for c in cfg.coordinators)}]",

@@ -218,8 +218,10 @@ class Reconciler:
             provider = self.providers.get(inst.provider)
             user_data = ""
             if self.bootstrap is not None:
+                pool = next((p for p in self.config.pools if p.name == inst.pool), None)
+                labels = dict(pool.labels) if pool is not None else {}
                 facts = NodeFacts(
-                    inst.node, inst.pool, inst.provider, inst.region, inst.instance_type, inst.spot, inst.zone
+                    inst.node, inst.pool, inst.provider, inst.region, inst.instance_type, inst.spot, inst.zone, labels
                 )
                 user_data = render_user_data(self.bootstrap, facts)
             request = LaunchRequest(

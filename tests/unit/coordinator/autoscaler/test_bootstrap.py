@@ -13,7 +13,7 @@ import yaml
 from gpufleet.common.errors import InvalidInputError
 from gpufleet.coordinator.autoscaler.bootstrap import DEFAULT_UNIT, BootstrapConfig, NodeFacts, render_user_data
 
-FACTS = NodeFacts("gpu-0a1b2c3d4e5f", "gpu", "aws", "us-east-1", "g6.xlarge", True, "us-east-1a")
+FACTS = NodeFacts("gpu-0a1b2c3d4e5f", "gpu", "aws", "us-east-1", "g6.xlarge", True, "us-east-1a", {"team": "vision"})
 CFG = BootstrapConfig(coordinators=("10.0.0.5:7070", "10.0.0.6:7070"), join_token="s3cret-token")
 
 
@@ -36,7 +36,7 @@ def test_user_data_writes_agent_config_and_unit_and_starts_the_agent() -> None:
         "g6.xlarge",
         True,
     )
-    assert conf["labels"]["gpufleet.io/pool"] == "gpu"
+    assert conf["labels"] == {"gpufleet.io/pool": "gpu", "team": "vision"}
     assert files["/etc/systemd/system/gpufleet-agent.service"] == DEFAULT_UNIT.read_text()
     runcmd = yaml.safe_load(doc)["runcmd"]
     assert ["systemctl", "enable", "--now", "gpufleet-agent.service"] in runcmd
