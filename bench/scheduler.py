@@ -20,6 +20,10 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (make bench): make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import alibaba
 from bench.baselines import BEST_FIT, FIRST_FIT

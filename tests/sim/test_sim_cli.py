@@ -76,6 +76,21 @@ def test_placements_respect_departures_and_capacity(tmp_path: Path) -> None:
     assert "could ever hold it" in r["meta"]["unplaced_reasons"]["j12"]
 
 
+def test_higher_priority_arrival_preempts_in_the_simulator(tmp_path: Path) -> None:
+    jobs = [
+        job(0, 2, gpu_model="H100-80GB", priority="low", preemptible=True, duration_s=100),
+        job(1, 2, gpu_model="H100-80GB", priority="high"),
+        job(2, 2, gpu_model="H100-80GB", priority="high"),  # nothing preemptible left
+    ]
+    c, j = write(tmp_path, CLUSTER, jobs)
+    out = tmp_path / "r.json"
+    assert gpufleet(["sim", "--cluster", str(c), "--jobs", str(j), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [p["id"] for p in r["placements"]] == ["j0", "j1"]
+    assert r["unplaced"] == ["j2"]
+    assert [(p["id"], p["by"]) for p in r["meta"]["preempted"]] == [("j0", "j1")]
+
+
 @pytest.mark.parametrize(
     ("cluster", "jobs", "needle"),
     [

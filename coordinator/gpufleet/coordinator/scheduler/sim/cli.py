@@ -41,7 +41,7 @@ def _gen_main(argv: list[str]) -> int:
 def summary(res: ReplayResult, n_jobs: int, elapsed_s: float) -> str:
     lines = [
         f"jobs: {n_jobs}  placed: {len(res.placements)}  unplaced: {len(res.unplaced)}  "
-        f"MIG re-layouts: {res.relayouts}  scheduler time: {elapsed_s:.2f}s",
+        f"MIG re-layouts: {res.relayouts}  preempted: {len(res.preempted)}  scheduler time: {elapsed_s:.2f}s",
         "GPU allocation ratio over time:",
     ]
     if res.samples:
@@ -110,6 +110,7 @@ def main(argv: list[str]) -> int:
             "allocation_samples": [[t, round(r, 4)] for t, r in res.samples],
             "end_fragmentation": round(res.end_fragmentation, 4),
             "mig_relayouts": res.relayouts,
+            "preempted": res.preempted,
             "elapsed_s": round(elapsed, 3),
         },
     }

@@ -55,6 +55,7 @@ def jobs(rng: random.Random, n: int) -> list[dict[str, Any]]:
             "team": rng.choice(TEAMS),
             "priority": rng.choices(("low", "normal", "high", "critical"), weights=(20, 60, 15, 5))[0],
         }
+        job["preemptible"] = job["priority"] == "low"
         if kind == "frac":
             job["gpus"] = rng.choice((0.1, 0.25, 0.3, 0.5, 0.5, 0.75))
             if rng.random() < 0.3:

@@ -1,7 +1,8 @@
 """Replay a trace through the real scheduler with a simulated clock (no gRPC, no store).
 
 Each job is offered to ``Scheduler.schedule`` once, at its arrival; placed jobs are bound like the coordinator
-binds them and leave at ``submit_s + duration_s``. The simulator plays the agent for MIG: a re-layout the plan
+binds them and leave at ``submit_s + duration_s`` (or earlier when a higher-priority arrival preempts them;
+preempted jobs are not requeued in this single-pass mode). The simulator plays the agent for MIG: a re-layout the plan
 asks for is applied at once (slices in use kept) and the job is offered once more. Nothing waits.
 """
 
@@ -32,6 +33,7 @@ class ReplayResult:
     codes: Counter[str] = field(default_factory=Counter)
     samples: list[tuple[float, float]] = field(default_factory=list)  # (time s, GPU allocation ratio)
     relayouts: int = 0
+    preempted: list[dict[str, object]] = field(default_factory=list)  # {id, by, at_s, reason}
     end_fragmentation: float = 0.0  # expected stranded share of free GPU capacity at the end (FGD measure)
 
 
@@ -98,6 +100,9 @@ def replay(
 
 
 def _record(out: ReplayResult, state: ClusterState, sj: SimJob, plan: Plan, leaving: list[tuple[float, str]]) -> None:
+    for pre in plan.preemptions:  # the victim stops here (it stays in placements; meta lists the preemption)
+        state.unbind(pre.job_id)
+        out.preempted.append({"id": pre.job_id, "by": pre.for_job_id, "at_s": sj.submit_s, "reason": pre.reason})
     p = plan.placement(sj.id)
     if p is None:
         out.unplaced.append(sj.id)
