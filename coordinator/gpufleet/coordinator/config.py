@@ -54,6 +54,9 @@ class LivenessConfig(_Section):
     node_timeout_s: float = Field(default=15.0, gt=0)
     """A node whose agent has been gone this long becomes NOT_READY and its jobs are lost (then requeued)."""
     check_interval_s: float = Field(default=0.5, gt=0)
+    failover_grace_s: float = Field(default=35.0, ge=0)
+    """After a replica becomes leader, a node that has not reconnected yet gets this long (at least
+    node_timeout_s) before it is NOT_READY: agents stuck on a paused old leader notice its silence after 30 s."""
 
 
 class AgentsConfig(_Section):

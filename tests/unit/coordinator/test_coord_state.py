@@ -54,7 +54,7 @@ async def leader(tmp_path: Path) -> AsyncIterator[Leader]:
     await view.load()
     sessions = AgentSessions(view, AgentsConfig(), clock)
     view.listeners.append(sessions)
-    liveness = LivenessChecker(view, sessions, LivenessConfig(node_timeout_s=5), clock)
+    liveness = LivenessChecker(view, sessions, LivenessConfig(node_timeout_s=5, failover_grace_s=20), clock)
     liveness.start()
     try:
         yield Leader(
@@ -154,6 +154,17 @@ async def test_stale_attempt_is_not_wanted_and_exit_is_not_acked_while_new_attem
     desired = leader.sessions.desired_state("n1", session.acked_exits)
     assert [(d.job_id, d.attempt) for d in desired.jobs] == [(job.id, 2)]
     assert job.id not in desired.acknowledged_exits
+
+
+async def test_after_failover_nodes_get_the_grace_to_reconnect(leader: Leader) -> None:
+    await leader.nodes.register(_inventory())
+    leader.sessions.last_seen_ms.clear()  # as on a new leader: nobody has reconnected yet
+    leader.clock.advance(10)  # past the node timeout, inside the failover grace
+    await leader.liveness.check()
+    assert leader.view.node("n1").state == pb.NODE_STATE_READY
+    leader.clock.advance(11)
+    await leader.liveness.check()
+    assert leader.view.node("n1").state == pb.NODE_STATE_NOT_READY
 
 
 async def test_silent_node_becomes_not_ready_and_its_jobs_requeue(leader: Leader) -> None:

@@ -8,8 +8,9 @@
 * A DRAINING node past its deadline has its remaining jobs preempted (requeued); an empty DRAINING node becomes
   DRAINED.
 
-Last-seen times are memory-only (``AgentSessions.last_seen_ms``). A new leader starts every node's clock at its
-own start, so agents get a full timeout to reconnect after a failover.
+Last-seen times are memory-only (``AgentSessions.last_seen_ms``). A new leader gives every node that has not
+reconnected yet ``liveness.failover_grace_s`` (at least the node timeout) from its own start, so agents that
+were stuck on a paused old leader are not declared gone while they are still finding the new one.
 """
 
 from __future__ import annotations
@@ -55,11 +56,13 @@ class LivenessChecker:
     async def check(self) -> None:
         now = self.clock.now_ms()
         timeout_ms = int(self.config.node_timeout_s * 1000)
+        grace_ms = max(timeout_ms, int(self.config.failover_grace_s * 1000))
         for name, node in list(self.view.nodes.items()):
             if node.state != NOT_READY:
                 # a connected agent that went silent (paused, wedged, network gone) counts as gone too
-                last = max(self.sessions.last_seen_ms.get(name, 0), self.started_ms)
-                if now - last > timeout_ms:
+                seen = self.sessions.last_seen_ms.get(name)
+                last, limit = (seen, timeout_ms) if seen is not None else (self.started_ms, grace_ms)
+                if now - last > limit:
                     self.sessions.drop(name)
                     await self._not_ready(name, now, (now - last) / 1000)
                     continue
