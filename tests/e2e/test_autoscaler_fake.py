@@ -1,8 +1,10 @@
 """End to end on one machine: a real coordinator (in-process, embedded store), the Autoscaler registered as a
 leader-only subsystem, and the fake provider starting real simulated agents as local processes.
 
-A job that fits no node makes the autoscaler buy a node; the agent registers, the job runs and succeeds; the
-idle node is then cordoned, drained and terminated (its agent process ends).
+* A job that fits no node makes the autoscaler buy a node; the agent registers, the job runs and succeeds; the
+  idle node is then cordoned, drained and terminated (its agent process ends).
+* A spot interruption on a node running a job: the node is drained at once (the coordinator requeues the job),
+  a replacement is launched before the node goes, and the job runs again on the replacement.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -26,6 +31,7 @@ from gpufleet.coordinator.providers.fake import FakeAgentSettings, FakeProvider
 from gpufleet.coordinator.providers.registry import ProviderRegistry
 from gpufleet.coordinator.server import CoordinatorServer
 from gpufleet.coordinator.store import open_store
+from gpufleet.proto.v1 import agent_pb2 as apb
 from gpufleet.proto.v1 import jobs_pb2 as jpb
 from gpufleet.proto.v1 import jobs_pb2_grpc
 from gpufleet.proto.v1 import types_pb2 as pb
@@ -33,7 +39,7 @@ from gpufleet.proto.v1 import types_pb2 as pb
 pytestmark = pytest.mark.slow
 
 
-async def _until(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+async def _until(predicate: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         if await predicate():
@@ -42,7 +48,35 @@ async def _until(predicate, timeout_s: float, what: str) -> None:  # type: ignor
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-async def test_pending_job_buys_a_node_runs_and_the_idle_node_goes_away(tmp_path: Path) -> None:
+@dataclass
+class Setup:
+    server: CoordinatorServer
+    cloud: FakeProvider
+    scaler: Autoscaler
+    jobs: jobs_pb2_grpc.JobServiceStub
+
+    async def submit(self, spec: pb.JobSpec, request_id: str) -> str:
+        out: list[str] = []
+
+        async def submitted() -> bool:
+            try:
+                resp = await self.jobs.SubmitJob(jpb.SubmitJobRequest(spec=spec, request_id=request_id), timeout=5)
+            except grpc.aio.AioRpcError as e:
+                if e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE):
+                    return False  # no leader yet
+                raise
+            out.append(resp.job.id)
+            return True
+
+        await _until(submitted, 30, "the coordinator to accept a job")
+        return out[0]
+
+    async def job(self, job_id: str) -> pb.Job:
+        return await self.jobs.GetJob(jpb.GetJobRequest(id=job_id), timeout=5)
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, pool: NodePoolConfig) -> AsyncIterator[Setup]:
     settings = CoordinatorSettings(
         state_dir=tmp_path / "coord",
         server={"listen": "127.0.0.1:0"},  # type: ignore[arg-type]
@@ -67,15 +101,6 @@ async def test_pending_job_buys_a_node_runs_and_the_idle_node_goes_away(tmp_path
         cordon=cordon,
         drain=drain,
     )
-    pool = NodePoolConfig(
-        name="l4",
-        provider="fake",
-        regions=["local-a"],
-        instance_types=["sim-l4x1"],
-        spot="never",
-        idle_timeout_s=2,
-        max_nodes=2,
-    )  # type: ignore[arg-type]
     config = AutoscalerConfig(pools=[pool], interval_s=0.5, pending_grace_s=0, boot_timeout_s=60, new_node_grace_s=30)
     scaler = Autoscaler(
         config,
@@ -89,40 +114,71 @@ async def test_pending_job_buys_a_node_runs_and_the_idle_node_goes_away(tmp_path
     serving = asyncio.create_task(server.serve(stop))
     channel = grpc.aio.insecure_channel(server.address)
     try:
-        jobs = jobs_pb2_grpc.JobServiceStub(channel)
-        spec = pb.JobSpec(name="hello", team="ml", nodes=1, command=[sys.executable, "-c", "print('hi')"])
-        spec.resources.gpu_milli = 1000
-        spec.resources.gpu_models.append("L4")
-
-        async def submitted() -> bool:
-            try:
-                await jobs.SubmitJob(jpb.SubmitJobRequest(spec=spec, request_id="e2e-1"), timeout=5)
-                return True
-            except grpc.aio.AioRpcError as e:
-                if e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE):
-                    return False  # no leader yet
-                raise
-
-        await _until(submitted, 30, "the coordinator to accept a job")
-        job_id = (await jobs.ListJobs(jpb.ListJobsRequest(), timeout=5)).jobs[0].id
-
-        async def succeeded() -> bool:
-            job = await jobs.GetJob(jpb.GetJobRequest(id=job_id), timeout=5)
-            return job.state == pb.JOB_STATE_SUCCEEDED
-
-        await _until(succeeded, 60, "the job to succeed on an autoscaled node")
-        (inst,) = scaler.instances()
-        assert inst.instance_type == "sim-l4x1" and inst.node in c.view.nodes
-
-        async def removed() -> bool:
-            return scaler.instances()[0].status == InstanceStatus.TERMINATED
-
-        await _until(removed, 60, "the idle node to be drained and terminated")
-        assert not [i for i in await cloud.list_instances() if i.state.value != "terminated"]
-        history = [h.dst for h in scaler.instances()[0].history]
-        assert history[-3:] == [InstanceStatus.DRAINING, InstanceStatus.TERMINATING, InstanceStatus.TERMINATED]
+        yield Setup(server, cloud, scaler, jobs_pb2_grpc.JobServiceStub(channel))
     finally:
         await channel.close()
         stop.set()
         await asyncio.wait_for(serving, 30)
         await cloud.close()
+
+
+def _spec(command: list[str], *, preemptible: bool = False) -> pb.JobSpec:
+    spec = pb.JobSpec(name="e2e", team="ml", nodes=1, command=command, preemptible=preemptible)
+    spec.resources.gpu_milli = 1000
+    spec.resources.gpu_models.append("L4")
+    return spec
+
+
+async def test_pending_job_buys_a_node_runs_and_the_idle_node_goes_away(tmp_path: Path) -> None:
+    pool = NodePoolConfig(
+        name="l4", provider="fake", regions=["local-a"], instance_types=["sim-l4x1"], spot="never", idle_timeout_s=2
+    )  # type: ignore[arg-type]
+    async with running(tmp_path, pool) as s:
+        job_id = await s.submit(_spec([sys.executable, "-c", "print('hi')"]), "e2e-1")
+
+        async def succeeded() -> bool:
+            return (await s.job(job_id)).state == pb.JOB_STATE_SUCCEEDED
+
+        await _until(succeeded, 60, "the job to succeed on an autoscaled node")
+        (inst,) = s.scaler.instances()
+        assert inst.instance_type == "sim-l4x1"
+
+        async def removed() -> bool:
+            return s.scaler.instances()[0].status == InstanceStatus.TERMINATED
+
+        await _until(removed, 60, "the idle node to be drained and terminated")
+        assert not [i for i in await s.cloud.list_instances() if i.state.value != "terminated"]
+        history = [h.dst for h in s.scaler.instances()[0].history]
+        assert history[-3:] == [InstanceStatus.DRAINING, InstanceStatus.TERMINATING, InstanceStatus.TERMINATED]
+
+
+async def test_spot_interruption_requeues_the_job_onto_a_replacement(tmp_path: Path) -> None:
+    pool = NodePoolConfig(
+        name="l4", provider="fake", regions=["local-a"], instance_types=["sim-l4x1"], spot="prefer", idle_timeout_s=600
+    )  # type: ignore[arg-type]
+    async with running(tmp_path, pool) as s:
+        job_id = await s.submit(
+            _spec([sys.executable, "-c", "import time; time.sleep(120)"], preemptible=True), "e2e-2"
+        )
+
+        async def running_job() -> bool:
+            return (await s.job(job_id)).state == pb.JOB_STATE_RUNNING
+
+        await _until(running_job, 60, "the job to run on a spot node")
+        (spot,) = s.scaler.instances()
+        assert spot.spot and (await s.job(job_id)).assignments[0].node == spot.node
+
+        deadline = s.server.coordinator.clock.now_ms() + 120_000
+        await s.scaler.handle_interruption(
+            spot.node, apb.SpotInterruption(provider="fake", kind="terminate", deadline_ms=deadline)
+        )
+        replacement = [i for i in s.scaler.instances() if i.id != spot.id]
+        assert len(replacement) == 1 and not replacement[0].spot  # launched before the spot node goes
+        s.cloud.interrupt(spot.cloud_id)  # the cloud takes the machine
+
+        async def moved() -> bool:
+            job = await s.job(job_id)
+            return job.state == pb.JOB_STATE_RUNNING and job.assignments[0].node == replacement[0].node
+
+        await _until(moved, 60, "the job to run again on the replacement")
+        assert (await s.job(job_id)).attempt >= 2
