@@ -207,3 +207,22 @@ def test_gang_job_runs_on_two_nodes_and_succeeds_when_both_ranks_do(fleet: Fleet
         req = jpb.GetJobLogsRequest(id=job.id, node_rank=rank)
         out = b"".join(c.data for c in fleet.api().jobs.GetJobLogs(req, timeout=10)).decode()
         assert f"rank={rank}" in out and "nnodes=2" in out, out
+
+
+def test_mig_layout_then_a_mig_job_runs_on_a_slice(fleet: Fleet) -> None:
+    from gpufleet.proto.v1 import nodes_pb2 as npb
+
+    api = fleet.api()
+    req = npb.SetMigLayoutRequest(node="node-1", gpu_index=0, profiles=["3g.40gb", "3g.40gb"])
+    resp = api.nodes.SetMigLayout(req, timeout=30)
+    assert resp.accepted, resp
+    gpu = api.nodes.GetNode(npb.GetNodeRequest(name="node-1"), timeout=5).inventory.gpus[0]
+    assert gpu.mig_mode == pb.MIG_MODE_ENABLED and [m.profile for m in gpu.mig_instances] == ["3g.40gb"] * 2
+    spec = job_spec(["sh", "-c", "echo $CUDA_VISIBLE_DEVICES"], gpu_milli=0, nodes=1)
+    spec.resources.mig_profile = "3g.40gb"
+    done = fleet.wait_job(fleet.submit(spec).job.id, lambda j: j.state in lc.TERMINAL)
+    assert done.state == lc.SUCCEEDED, done
+    device = done.assignments[0].devices[0]
+    assert done.assignments[0].node == "node-1" and device.mode == pb.SHARING_MODE_MIG
+    logs = b"".join(c.data for c in api.jobs.GetJobLogs(jpb.GetJobLogsRequest(id=done.id), timeout=10))
+    assert device.mig_device_uuid.encode() in logs

@@ -99,6 +99,13 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
             )
         model = get_model(gpu.model)
         plan_layout(model, list(request.profiles))  # raises InvalidInputError naming the problem
+        if gpu.mig_mode != pb.MIG_MODE_ENABLED:  # MIG mode first (the agent refuses a layout otherwise)
+            enable = apb.Command(set_mig_mode=apb.SetMigMode(gpu_index=request.gpu_index, enabled=True))
+            result = await self.c.sessions.command(request.node, enable)
+            if not result.ok:
+                return npb.SetMigLayoutResponse(command_id=result.command_id, accepted=False, message=result.message)
+            if result.gpus:
+                await self.c.nodes.update_gpus(request.node, list(result.gpus))
         cmd = apb.Command(apply_mig_layout=apb.ApplyMigLayout(gpu_index=request.gpu_index, profiles=request.profiles))
         result = await self.c.sessions.command(request.node, cmd)
         if result.ok and result.gpus:
