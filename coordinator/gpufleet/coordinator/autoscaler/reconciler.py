@@ -105,6 +105,7 @@ class Reconciler:
         self.node_missing_since: dict[str, int] = {}
         self.last_plan_unplaceable: dict[str, str] = {}
         self._dirty: set[str] = set()
+        self._busy_nodes: set[str] = set()  # nodes running jobs, refreshed once per pass
 
     # ------------------------------------------------------------------------------------------ state
     async def load(self) -> None:
@@ -135,9 +136,17 @@ class Reconciler:
                 log.warning("autoscaler: listing %s instances failed: %s", name, e)
         return obs
 
+    def _busy(self, node: pb.Node) -> bool:
+        """Jobs present on the node (its own report, or placed there by the coordinator)."""
+        return bool(node.job_ids) or node.inventory.name in self._busy_nodes
+
+    def _refresh_busy(self) -> None:
+        self._busy_nodes = {a.node for j in self.ports.running_jobs() for a in j.assignments}
+
     def sync_from(self, obs: Observed) -> list[Action]:
         """Reflect the observed world into the records (no side effects besides the records themselves)."""
         now = self.clock.now_ms()
+        self._refresh_busy()
         out: list[Action] = []
         for inst in self.instances.values():
             if inst.status in TERMINAL:
@@ -175,7 +184,7 @@ class Reconciler:
                 out.append(Action("node-lost", inst.id))
             return
         self.node_missing_since.pop(inst.node, None)
-        if jobs_on(node, self.ports.running_jobs()):
+        if self._busy(node):
             self.idle_since[inst.node] = now
         else:
             self.idle_since.setdefault(inst.node, now)
@@ -191,6 +200,7 @@ class Reconciler:
 
     async def step_next(self, obs: Observed) -> list[Action]:
         now = self.clock.now_ms()
+        self._refresh_busy()
         out: list[Action] = []
         for inst in list(self.instances.values()):
             if inst.status == S.REQUESTED:
@@ -260,7 +270,7 @@ class Reconciler:
     def _finish_drain(self, inst: Instance, obs: Observed, now: int) -> list[Action]:
         node = obs.nodes.get(inst.node)
         deadline = inst.interruption_deadline_ms or inst.status_ms + self.config.drain_timeout_s * 1000
-        empty = node is None or not jobs_on(node, self.ports.running_jobs())
+        empty = node is None or not self._busy(node)
         if empty or now >= deadline:
             self._move(inst, S.TERMINATING, "drained" if empty else "drain deadline passed")
             return [Action("drained", inst.id)]
@@ -393,7 +403,7 @@ class Reconciler:
             if i.status == S.REGISTERED:
                 node = obs.nodes.get(i.node)
                 fresh = now - i.status_ms < self.config.new_node_grace_s * 1000
-                if node is None or not fresh or jobs_on(node, self.ports.running_jobs()):
+                if node is None or not fresh or self._busy(node):
                     continue
             out.append(InFlight(i.id, i.pool, i.provider, i.region, i.instance_type, i.spot))
         return out
@@ -433,6 +443,7 @@ class Reconciler:
         now = self.clock.now_ms()
         deadline = event.deadline_ms or now + DEFAULT_INTERRUPTION_NOTICE_MS
         reason = f"SPOT_INTERRUPTION: {event.kind or 'notice'} from {event.provider or 'cloud'}"
+        displaced = self._displaced(node_name)  # before the drain moves them
         await self.ports.cordon(node_name, reason)
         await self.ports.drain(node_name, reason, deadline)
         out = [Action("cordon-drain", node_name, reason)]
@@ -448,22 +459,29 @@ class Reconciler:
             return out
         inst.replaced = True
         self._dirty.add(inst.id)
-        out += await self._replace(inst, now)
+        out += await self._replace(inst, displaced, now)
         await self._persist()
         return out
 
-    async def _replace(self, inst: Instance, now: int) -> list[Action]:
-        node = next((n for n in self.ports.nodes() if n.inventory.name == inst.node), None)
-        displaced = []
-        if node is not None:
-            present = jobs_on(node, self.ports.running_jobs())
-            for j in self.ports.running_jobs():
-                if j.id in present:
-                    c = pb.Job()
-                    c.CopyFrom(j)
-                    del c.assignments[:]
-                    c.state = pb.JOB_STATE_PENDING
-                    displaced.append(c)
+    def _displaced(self, node_name: str) -> list[pb.Job]:
+        """Pending copies of the jobs on ``node_name`` (what a replacement must hold)."""
+        node = next((n for n in self.ports.nodes() if n.inventory.name == node_name), None)
+        if node is None:
+            return []
+        running = self.ports.running_jobs()
+        present = jobs_on(node, running)
+        out = []
+        for j in running:
+            if j.id in present:
+                c = pb.Job()
+                c.CopyFrom(j)
+                del c.assignments[:]
+                c.state = pb.JOB_STATE_PENDING
+                out.append(c)
+        return out
+
+    async def _replace(self, inst: Instance, displaced: Sequence[pb.Job], now: int) -> list[Action]:
+        self._refresh_busy()
         if not displaced:  # nothing to carry over: a like-for-like node keeps the pool's size
             pool = next((p for p in self.config.pools if p.name == inst.pool), None)
             if pool is None:
@@ -483,7 +501,7 @@ class Reconciler:
         obs = Observed(nodes={n.inventory.name: n for n in self.ports.nodes()})
         plan = self.planner.plan(
             self.config,
-            displaced,
+            list(displaced),
             in_flight=self._in_flight(obs, now, exclude=inst.id),
             pool_sizes=self._counted(),
             backoff=self.backoff.active(now),
