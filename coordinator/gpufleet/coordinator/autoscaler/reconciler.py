@@ -148,11 +148,12 @@ class Reconciler:
         now = self.clock.now_ms()
         self._refresh_busy()
         out: list[Action] = []
+        index = {name: _index(listed) for name, listed in obs.cloud.items()}
         for inst in self.instances.values():
             if inst.status in TERMINAL:
                 continue
-            listed = obs.cloud.get(inst.provider)
-            found = _find(inst, listed) if listed is not None else None
+            listed = index.get(inst.provider)
+            found = (listed.get(inst.cloud_id) or listed.get(inst.id)) if listed is not None else None
             node = obs.nodes.get(inst.node)
             if inst.status == S.REQUESTED and found is not None and found.state != InstanceState.TERMINATED:
                 inst.cloud_id, inst.zone = found.cloud_id, found.zone or inst.zone
@@ -513,8 +514,12 @@ class Reconciler:
         return out
 
 
-def _find(inst: Instance, listed: Sequence[ProviderInstance]) -> ProviderInstance | None:
-    for p in listed:
-        if (inst.cloud_id and p.cloud_id == inst.cloud_id) or p.tags.get(TAG_TOKEN) == inst.id:
-            return p
-    return None
+def _index(listed: Sequence[ProviderInstance]) -> dict[str, ProviderInstance]:
+    """Listed instances by cloud id and by launch token (= record id); a live one wins over a terminated one."""
+    out: dict[str, ProviderInstance] = {}
+    for p in sorted(listed, key=lambda p: p.state != InstanceState.TERMINATED):
+        out[p.cloud_id] = p
+        token = p.tags.get(TAG_TOKEN)
+        if token:
+            out[token] = p
+    return out
