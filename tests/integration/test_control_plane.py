@@ -226,3 +226,11 @@ def test_mig_layout_then_a_mig_job_runs_on_a_slice(fleet: Fleet) -> None:
     assert done.assignments[0].node == "node-1" and device.mode == pb.SHARING_MODE_MIG
     logs = b"".join(c.data for c in api.jobs.GetJobLogs(jpb.GetJobLogsRequest(id=done.id), timeout=10))
     assert device.mig_device_uuid.encode() in logs
+    # a MIG-enabled GPU without a fitting slice: the scheduler asks the agent for one, then places the job
+    api.nodes.SetMigLayout(npb.SetMigLayoutRequest(node="node-2", gpu_index=0, profiles=[]), timeout=30)
+    small = job_spec(["true"], gpu_milli=0, nodes=1)
+    small.resources.mig_profile = "1g.10gb"
+    done = fleet.wait_job(fleet.submit(small).job.id, lambda j: j.state in lc.TERMINAL)
+    assert done.state == lc.SUCCEEDED and done.assignments[0].node == "node-2", done
+    gpu = api.nodes.GetNode(npb.GetNodeRequest(name="node-2"), timeout=5).inventory.gpus[0]
+    assert [m.profile for m in gpu.mig_instances] == ["1g.10gb"]
