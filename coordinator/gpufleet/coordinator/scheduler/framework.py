@@ -46,9 +46,9 @@ class Candidates:
 
     def narrow(self, keep: B | np.bool_, why: str) -> int:
         """Drop nodes not in ``keep``; remember how many were dropped and why. Returns how many remain."""
-        before = int(self.node.sum())
+        before = int(np.count_nonzero(self.node))
         np.logical_and(self.node, keep, out=self.node)
-        after = int(self.node.sum())
+        after = int(np.count_nonzero(self.node))
         if before > after:
             self.eliminated.append((why, before - after))
         return after

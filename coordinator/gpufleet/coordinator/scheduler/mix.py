@@ -4,7 +4,9 @@ Requests are bucketed into classes: a fraction rounds up to a multiple of :data:
 a GPU with less free than that cannot host it), whole-GPU requests are classed by GPU count. Each class keeps
 a count and its CPU demand; :meth:`WorkloadMix.classes` gives numpy vectors (threshold, gpus, cpu, weight)
 for the vectorized fragmentation score. The mix is kept incrementally by :class:`ClusterState` from bound
-jobs, so it is part of the snapshot and scheduling stays a pure function of it.
+jobs, so it is part of the snapshot and scheduling stays a pure function of it. The class vectors are
+re-read when a class appears or disappears or the mix size drifts by 10 %, so that per-node scores cached
+by the scheduler stay valid across cycles in between.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy.typing as npt
 STEP = 10
 THRESHOLDS = np.arange(STEP, 1000 + STEP, STEP, dtype=np.int64)  # 50, 100, ..., 1000
 MAX_CLASSES = 48
+DRIFT = 10  # the class weights are re-read when the mix grew or shrank by more than 1/DRIFT (10 %)
 CPU_STEP = 1000  # classes also split by CPU demand: a node short of CPU strands its GPUs for that class
 
 I64 = npt.NDArray[np.int64]
@@ -46,6 +49,7 @@ class WorkloadMix:
         self._count: dict[tuple[int, int, int], int] = {}
         self._cpu: dict[tuple[int, int, int], int] = {}
         self._cached: MixClasses | None = None
+        self._cached_total = 0
         self.total = 0
 
     @staticmethod
@@ -65,11 +69,15 @@ class WorkloadMix:
         if n <= 0:
             self._count.pop(k, None)
             self._cpu.pop(k, None)
+            self._cached = None  # a class disappeared
         else:
+            if k not in self._count:
+                self._cached = None  # a new class
             self._count[k] = n
             self._cpu[k] = self._cpu.get(k, 0) + sign * cpu_milli
         self.total = max(0, self.total + sign)
-        self._cached = None
+        if abs(self.total - self._cached_total) > max(1, self._cached_total // DRIFT):
+            self._cached = None  # the weights drifted
 
     def merged(self, other: WorkloadMix) -> WorkloadMix:
         out = WorkloadMix()
@@ -82,6 +90,7 @@ class WorkloadMix:
 
     def classes(self) -> MixClasses:
         if self._cached is None:
+            self._cached_total = self.total
             top = sorted(self._count.items(), key=lambda kv: -kv[1])[:MAX_CLASSES]
             total = sum(n for _, n in top) or 1
             col = np.array([k[0] for k, _ in top], dtype=np.int64)

@@ -19,7 +19,7 @@ from gpufleet.common.errors import InvalidInputError
 from gpufleet.coordinator.scheduler import mig_relayout, placement, preemption, queue
 from gpufleet.coordinator.scheduler.config import SchedulerConfig
 from gpufleet.coordinator.scheduler.framework import I64, B, Candidates, CycleState, Options, Profile
-from gpufleet.coordinator.scheduler.mix import WorkloadMix
+from gpufleet.coordinator.scheduler.mix import MixClasses, WorkloadMix
 from gpufleet.coordinator.scheduler.placement import Member
 from gpufleet.coordinator.scheduler.plugins.constraints import PlacementConstraints
 from gpufleet.coordinator.scheduler.plugins.mig import models_with_profile
@@ -59,6 +59,9 @@ class Scheduler:
         # parsed requests of pending jobs, memoized across cycles by (id, revision, updated_ms, attempt): a
         # pending job's spec does not change, and parsing 10,000 protobufs per cycle would dominate the cycle
         self._requests: dict[str, tuple[tuple[int, int, int, int], Request]] = {}
+        # per-node best options per request shape, valid while the state object and the mix classes are the
+        # same ones (node rows changed since are re-evaluated through their versions)
+        self._carry: tuple[int, MixClasses, ShapeCache, dict[str, object]] | None = None
 
     # ------------------------------------------------------------------ public
     def schedule(
@@ -89,8 +92,12 @@ class Scheduler:
             for r in reqs:
                 extra.add(r.milli_per_gpu, r.gpus, r.cpu_milli)
             mix = mix.merged(extra)
-        cycle = CycleState(state, self.config, now_ms, mix.classes())
-        run = _Cycle(plan, {j.id: j for j in running}, {}, set(), ShapeCache())
+        classes = mix.classes()
+        carry = self._carry
+        if carry is None or carry[0] != state.uid or carry[1] is not classes:
+            carry = self._carry = (state.uid, classes, ShapeCache(), {})
+        cycle = CycleState(state, self.config, now_ms, classes, carry[3])
+        run = _Cycle(plan, {j.id: j for j in running}, {}, set(), carry[2])
         ahead: dict[str, int] = {}
         state.begin()
         try:

@@ -11,6 +11,7 @@ binds what it commits.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -116,8 +117,12 @@ class _Interner:
         return i
 
 
+_UIDS = itertools.count(1)
+
+
 class ClusterState:
     def __init__(self, node_capacity: int = 64, gpu_slots: int = 8) -> None:
+        self.uid = next(_UIDS)  # identifies this state for caches that outlive a cycle
         self.n = 0  # high-water mark of node slots
         self._cap = 0
         self.G = gpu_slots
@@ -198,6 +203,7 @@ class ClusterState:
         mk1("n_max_frac", np.int64, 0)  # largest free milli on one usable GPU
         mk1("n_model", np.int32, -1)  # the node's GPU model when uniform, else -2
         mk1("n_version", np.int64, 0)  # bumps whenever the node's row changes (per-node caches)
+        mk1("n_has_mig", np.bool_, False)  # the node has (or had) MIG-enabled GPUs
         sig = getattr(self, "n_sigma", None)
         cols = len(THRESHOLDS)
         new_sig = np.zeros((cap, cols), dtype=np.int64)
@@ -243,6 +249,7 @@ class ClusterState:
     n_max_frac: I64
     n_model: I32
     n_version: I64
+    n_has_mig: B
 
     def _refresh(self, i: int) -> None:
         usable = self.g_valid[i] & self.g_healthy[i] & ~self.g_mig[i]
@@ -255,10 +262,14 @@ class ClusterState:
         # sigma[t] = sum of free values < THRESHOLDS[t]: prefix sums of the sorted row
         prefix = np.concatenate(([0], np.cumsum(srt)))
         self.n_sigma[i] = prefix[np.searchsorted(srt, THRESHOLDS, side="left")]
-        if self.mig_free:
-            for arr in self.mig_free.values():
-                arr[i] = 0
-        for c, slots in enumerate(self.mig_slots[i]):
+        slots_of = self.mig_slots[i]
+        if not self.n_has_mig[i]:
+            self.version += 1
+            self.n_version[i] = self.version
+            return
+        for arr in self.mig_free.values():
+            arr[i] = 0
+        for c, slots in enumerate(slots_of):
             if not slots or self.g_blocked[i, c] or not self.g_healthy[i, c]:
                 continue
             for s in slots:
@@ -331,6 +342,7 @@ class ClusterState:
                 if gpu.mig_mode == pb.MIG_MODE_ENABLED
                 else []
             )
+        self.n_has_mig[i] = bool(self.n_has_mig[i]) or bool(self.g_mig[i].any())
         self.n_model[i] = next(iter(models)) if len(models) == 1 else (-1 if not models else -2)
         self.n_alive[i] = True
         self.n_ready[i] = node.state in (pb.NODE_STATE_READY, pb.NODE_STATE_UNSPECIFIED) and not node.cordoned
@@ -563,9 +575,7 @@ class ClusterState:
         view.G = self.G
         view.models, view.regions, view.zones, view.providers = self.models, self.regions, self.zones, self.providers
         view.team_milli, view.team_model_milli = self.team_milli, self.team_model_milli
-        view.names = [self.names[int(i)] for i in idx]
         view.mig_free = {}
-        view.mig_slots = [self.mig_slots[int(i)] for i in idx]
         return view
 
     # ------------------------------------------------------------------ summaries
