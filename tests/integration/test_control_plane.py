@@ -234,3 +234,22 @@ def test_mig_layout_then_a_mig_job_runs_on_a_slice(fleet: Fleet) -> None:
     assert done.state == lc.SUCCEEDED and done.assignments[0].node == "node-2", done
     gpu = api.nodes.GetNode(npb.GetNodeRequest(name="node-2"), timeout=5).inventory.gpus[0]
     assert [m.profile for m in gpu.mig_instances] == ["1g.10gb"]
+
+
+def test_high_priority_job_preempts_preemptible_work(fleet: Fleet) -> None:
+    low = [
+        fleet.submit(job_spec(["sleep", "60"], nodes=1, priority="low", preemptible=True, team="batch")).job
+        for _ in range(4)
+    ]
+    for j in low:
+        fleet.wait_job(j.id, lambda x: x.state == lc.RUNNING)
+    urgent = fleet.submit(job_spec(["true"], nodes=1, priority="critical", team="prod")).job
+    done = fleet.wait_job(urgent.id, lambda x: x.state in lc.TERMINAL)
+    assert done.state == lc.SUCCEEDED, done
+    victims = [fleet.get_job(j.id) for j in low]
+    preempted = [v for v in victims if any(t.to_state == lc.PREEMPTED for t in v.history)]
+    assert len(preempted) >= 1, victims
+    edge = next(t for t in preempted[0].history if t.to_state == lc.PREEMPTED)
+    assert urgent.id in edge.message, edge
+    for j in low:
+        fleet.api().jobs.CancelJob(jpb.CancelJobRequest(id=j.id), timeout=5)
