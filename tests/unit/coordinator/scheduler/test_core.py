@@ -159,3 +159,15 @@ def test_upsert_keeps_bound_jobs_accounted() -> None:
     st.upsert_node(node)
     assert st.allocated_milli() == 1000
     assert int(np.sum(st.n_free_whole[: st.n])) == 1
+
+
+def test_spread_only_for_jobs_that_ask() -> None:
+    st = cluster(make_node("n0", gpus=4), make_node("n1", gpus=4))
+    first = make_job("first", 1)
+    plan = Scheduler().schedule(st, [first], now_ms=0)
+    commit(st, [first], plan.placements)
+    used = plan.placements[0].assignments[0].node
+    packed = Scheduler().schedule(st, [make_job("pack", 1)], now_ms=0).placements[0].assignments[0].node
+    spread = Scheduler().schedule(st, [make_job("spr", 1, spread=True)], now_ms=0).placements[0].assignments[0].node
+    assert packed == used
+    assert spread != used

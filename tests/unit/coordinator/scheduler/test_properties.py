@@ -165,3 +165,24 @@ def test_quota_limits_hold_and_preemption_takes_only_lower_priority_preemptible(
         j = next(x for x in newcomers if x.id == p.job_id)
         usage[j.spec.team] = usage.get(j.spec.team, 0) + sum(d.gpu_milli for a in p.assignments for d in a.devices)
     assert usage.get("a", 0) <= 5000 and usage.get("b", 0) <= 9000
+
+
+@SETTINGS
+@given(stn.lists(node_st, min_size=1, max_size=5), stn.lists(stn.lists(job_st, max_size=8), min_size=1, max_size=4))
+def test_cached_scores_carried_across_cycles_give_the_same_plan_as_a_fresh_scheduler(
+    nodes: list,  # type: ignore[type-arg]
+    waves: list,  # type: ignore[type-arg]
+) -> None:
+    st = build(nodes)
+    persistent = Scheduler()
+    for w, specs in enumerate(waves):
+        jobs = jobs_from(specs, f"w{w}-")
+        a = persistent.schedule(st, jobs, w)
+        b = Scheduler().schedule(st, jobs, w)
+        assert [(p.job_id, list(p.assignments)) for p in a.placements] == [
+            (p.job_id, list(p.assignments)) for p in b.placements
+        ]
+        assert a.unplaced == b.unplaced
+        by_id = {j.id: j for j in jobs}
+        for p in a.placements:
+            st.bind(placed(by_id[p.job_id], p.assignments))
