@@ -138,3 +138,19 @@ def test_strict_jobs_leave_unallocated_share_idle(tmp_path: Path) -> None:
         assert abs((slicer.achieved("a") or 0) - 0.2) < 0.02
         slicer.remove("a")
         assert not stopped(a.pid)
+
+
+def test_attach_resumes_a_job_left_paused_by_a_crashed_agent(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from tests.unit.agent.fixtures.procs import wait_for
+
+    gs = sharing(tmp_path)
+    with processes() as procs:
+        p = procs.spawn(["sleep", "30"])
+        os.killpg(p.pid, signal.SIGSTOP)
+        assert wait_for(lambda: stopped(p.pid))
+        gs.attach("adopted", p.pid, [dev(400)], strict=False)  # alone on its GPU: must run
+        assert wait_for(lambda: not stopped(p.pid))
+        gs.close()

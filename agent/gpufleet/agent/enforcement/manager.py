@@ -21,8 +21,11 @@ SIGTERM until resumed; detach resumes it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -184,6 +187,9 @@ class GpuSharing:
             self.detach(job_id)
         job = _Job(job_id, pgid, tuple(devices), strict)
         self._jobs[job_id] = job
+        # a job re-adopted after an agent crash may still be paused by the previous agent: resume it first
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGCONT)
         self._procs.add(job_id, pgid)
         for d, v in zip(devices, visible, strict=True):
             if not v.fractional:
