@@ -154,3 +154,24 @@ def test_attach_resumes_a_job_left_paused_by_a_crashed_agent(tmp_path: Path) -> 
         gs.attach("adopted", p.pid, [dev(400)], strict=False)  # alone on its GPU: must run
         assert wait_for(lambda: not stopped(p.pid))
         gs.close()
+
+
+async def test_jobs_that_exit_while_sliced_are_dropped_and_detach_in_any_order(tmp_path: Path) -> None:
+    gs = sharing(tmp_path)
+    with processes() as procs:
+        a, b = procs.spawn(["sleep", "30"]), procs.spawn(["sleep", "30"])
+        gs.attach("a", a.pid, [dev(500)], strict=False)
+        gs.attach("b", b.pid, [dev(500)], strict=False)
+        task = asyncio.create_task(gs.run())
+        try:
+            await asyncio.sleep(0.3)
+            a.kill()
+            a.wait()
+            await asyncio.sleep(0.8)  # the slicer notices at a switch and drops it
+            gs.detach("b")
+            gs.detach("a")
+            assert gs.job_ids() == []
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -214,17 +214,24 @@ class GpuSharing:
         job = self._jobs.pop(job_id, None)
         if job is None:
             return
-        if job.sliced_on is not None:
-            slicer = self._slicers[job.sliced_on]
-            slicer.remove(job_id)  # resumes it
-            if not len(slicer):
-                del self._slicers[job.sliced_on]
+        self._unslice(job)  # resumes it
         self._watchdog.clear(job_id)
         self._procs.remove(job_id)
         for g in job.mps_gpus:
             if not any(g in other.mps_gpus for other in self._jobs.values()):
                 self._mps.stop(g, self._device(g).uuid)
         self._wake()
+
+    def _unslice(self, job: _Job) -> None:
+        """Take a job out of its GPU's slicer (resuming it); drop the slicer when it is empty."""
+        if job.sliced_on is None:
+            return
+        slicer = self._slicers.get(job.sliced_on)
+        if slicer is not None:
+            slicer.remove(job.job_id)
+            if not len(slicer):
+                del self._slicers[job.sliced_on]
+        job.sliced_on = None
 
     def job_usage(self, job_id: str) -> JobUsage | None:
         job = self._jobs.get(job_id)
@@ -291,12 +298,7 @@ class GpuSharing:
         job = self._jobs.get(v.job_id)
         if job is None:
             return
-        if job.sliced_on is not None:
-            slicer = self._slicers[job.sliced_on]
-            slicer.remove(v.job_id)  # resumed, so it can handle SIGTERM; neighbours keep their turns
-            if not len(slicer):
-                del self._slicers[job.sliced_on]
-            job.sliced_on = None
+        self._unslice(job)  # resumed, so it can handle SIGTERM; neighbours keep their turns
         self._actions[("stop", MEMORY_REASON)] += 1
         log.warning("stopping job %s: %s", v.job_id, v.message)
         task = asyncio.get_running_loop().create_task(self._call_stop(v.job_id, MEMORY_REASON, v.message))
