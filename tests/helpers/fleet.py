@@ -222,7 +222,10 @@ class Fleet:
         for ch in self._channels.values():
             ch.close()
         self._channels.clear()
-        for p in [*self.agents.values(), *self.coordinators.values()]:
+        for p in self.agents.values():  # agents leave their jobs running by design: kill both, quickly
+            with contextlib.suppress(Exception):
+                p.kill()
+        for p in self.coordinators.values():
             with contextlib.suppress(Exception):
                 p.stop(5)
         self.kill_leftover_jobs()

@@ -24,11 +24,15 @@ from gpufleet.coordinator.state.nodes import NodeManager, NodeReader
 from gpufleet.coordinator.state.reconcile import AgentReconciler
 from gpufleet.coordinator.state.scheduling import SchedulingLoop
 from gpufleet.coordinator.state.sessions import AgentSessions
+from gpufleet.coordinator.state.stopping import StopTracker
 from gpufleet.coordinator.store.base import ClusterStore
 from gpufleet.proto.v1 import agent_pb2 as apb
 from gpufleet.proto.v1 import cluster_pb2 as cpb
 
 log = logging.getLogger(__name__)
+
+#: how long past the SIGTERM grace a preempted job waits for its agent to confirm the stop before it is re-placed
+STOP_CONFIRM_SLACK_S = 30.0
 
 
 class Coordinator:
@@ -53,12 +57,16 @@ class Coordinator:
         self.sessions = AgentSessions(self.view, settings.agents, self.clock)
         self.costs = CostAccountant(store, settings.cost, self.clock)
         self.scheduler = Scheduler(config=scheduler_config(settings.scheduler, self.costs.budget_exhausted))
-        self.scheduling = SchedulingLoop(self.view, self.scheduler, self.sessions, settings.scheduling, self.clock)
-        self.liveness = LivenessChecker(self.view, self.sessions, settings.liveness, self.clock)
+        self.stops = StopTracker(self.clock, settings.agents.grace_period_s + STOP_CONFIRM_SLACK_S)
+        self.scheduling = SchedulingLoop(
+            self.view, self.scheduler, self.sessions, settings.scheduling, self.clock, self.stops
+        )
+        self.stops.on_release = self.scheduling.release
+        self.liveness = LivenessChecker(self.view, self.sessions, settings.liveness, self.clock, self.stops)
         self.view.listeners.extend([self.scheduling, self.sessions])
         self.jobs = JobManager(self.view, self.clock)
-        self.nodes = NodeManager(self.view, self.clock, settings.drain.default_deadline_s)
-        self.reconciler = AgentReconciler(self.view, self.sessions, self.clock)
+        self.nodes = NodeManager(self.view, self.clock, settings.drain.default_deadline_s, self.stops)
+        self.reconciler = AgentReconciler(self.view, self.sessions, self.clock, self.stops)
         self.job_reader = JobReader(store)
         self.node_reader = NodeReader(store)
         self.runtime = LeaderRuntime(

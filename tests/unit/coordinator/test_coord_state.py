@@ -22,6 +22,7 @@ from gpufleet.coordinator.state.liveness import LivenessChecker
 from gpufleet.coordinator.state.nodes import NodeManager
 from gpufleet.coordinator.state.reconcile import AgentReconciler
 from gpufleet.coordinator.state.sessions import AgentSessions
+from gpufleet.coordinator.state.stopping import StopTracker
 from gpufleet.coordinator.store.embedded import EmbeddedStore
 from gpufleet.proto.v1 import agent_pb2 as apb
 from gpufleet.proto.v1 import types_pb2 as pb
@@ -37,6 +38,7 @@ class Leader:
     nodes: NodeManager
     reconciler: AgentReconciler
     liveness: LivenessChecker
+    stops: StopTracker
 
 
 @pytest.fixture
@@ -54,7 +56,8 @@ async def leader(tmp_path: Path) -> AsyncIterator[Leader]:
     await view.load()
     sessions = AgentSessions(view, AgentsConfig(), clock)
     view.listeners.append(sessions)
-    liveness = LivenessChecker(view, sessions, LivenessConfig(node_timeout_s=5, failover_grace_s=20), clock)
+    stops = StopTracker(clock, 30)
+    liveness = LivenessChecker(view, sessions, LivenessConfig(node_timeout_s=5, failover_grace_s=20), clock, stops)
     liveness.start()
     try:
         yield Leader(
@@ -63,9 +66,10 @@ async def leader(tmp_path: Path) -> AsyncIterator[Leader]:
             view,
             sessions,
             JobManager(view, clock),
-            NodeManager(view, clock, 60),
-            AgentReconciler(view, sessions, clock),
+            NodeManager(view, clock, 60, stops),
+            AgentReconciler(view, sessions, clock, stops),
             liveness,
+            stops,
         )
     finally:
         task.cancel()
@@ -120,7 +124,7 @@ async def test_agent_reports_move_a_job_to_running_then_succeeded(leader: Leader
     await leader.reconciler.on_register(session, [running])
     assert leader.view.job(job.id).state == lc.RUNNING
     exited = apb.LocalJob(job_id=job.id, attempt=1, state=apb.LOCAL_JOB_STATE_EXITED, reason="SUCCEEDED")
-    await leader.reconciler.on_jobs(session, [exited])
+    await leader.reconciler.on_jobs(session, [exited], full=False)
     assert leader.view.job(job.id).state == lc.SUCCEEDED
     desired = leader.sessions.desired_state("n1", session.acked_exits)
     assert not desired.jobs and list(desired.acknowledged_exits) == [job.id]
@@ -132,7 +136,7 @@ async def test_running_job_missing_from_register_is_lost_and_requeued(leader: Le
     await leader.nodes.register(_inventory())
     job = await _placed_on(leader, "n1")
     session = leader.sessions.open("n1", "agent-1")
-    await leader.reconciler.on_jobs(session, [apb.LocalJob(job_id=job.id, attempt=1, state=2)])
+    await leader.reconciler.on_jobs(session, [apb.LocalJob(job_id=job.id, attempt=1, state=2)], full=True)
     assert leader.view.job(job.id).state == lc.RUNNING
     await leader.reconciler.on_register(leader.sessions.open("n1", "agent-2"), [])
     after = leader.view.job(job.id)
@@ -149,7 +153,7 @@ async def test_stale_attempt_is_not_wanted_and_exit_is_not_acked_while_new_attem
     assert await leader.view.commit(jobs=[j])
     session = leader.sessions.open("n1", "agent-1")
     old_exit = apb.LocalJob(job_id=job.id, attempt=1, state=apb.LOCAL_JOB_STATE_EXITED, reason="STOPPED")
-    await leader.reconciler.on_jobs(session, [old_exit])
+    await leader.reconciler.on_jobs(session, [old_exit], full=False)
     assert leader.view.job(job.id).state == lc.SCHEDULED  # attempt 2 is untouched
     desired = leader.sessions.desired_state("n1", session.acked_exits)
     assert [(d.job_id, d.attempt) for d in desired.jobs] == [(job.id, 2)]
@@ -217,3 +221,32 @@ async def test_cost_report_uses_run_time_share_and_node_price(leader: Leader) ->
     costs = CostAccountant(leader.store, CostConfig(), leader.clock)
     report = await costs.report(t0 - 1000, t0 + 3_600_000, 0, "")
     assert [(r.key, r.cost_micros, r.jobs) for r in report.rows] == [("ml", 1_000_000, 1)]  # 0.5 GPU x 0.5 h x $4
+
+
+async def test_drained_job_is_held_until_its_agent_confirms_the_stop(leader: Leader) -> None:
+    await leader.nodes.register(_inventory())
+    session = leader.sessions.open("n1", "agent-1")
+    job = await _placed_on(leader, "n1", preemptible=True)
+    await leader.nodes.drain("n1", 60, "maintenance")
+    assert leader.view.job(job.id).state == lc.PENDING
+    assert leader.stops.held(job.id)  # the old attempt may still be in its SIGTERM grace
+    stopping = apb.LocalJob(job_id=job.id, attempt=1, state=apb.LOCAL_JOB_STATE_STOPPING)
+    await leader.reconciler.on_jobs(session, [stopping], full=True)
+    assert leader.stops.held(job.id)
+    stopped = apb.LocalJob(job_id=job.id, attempt=1, state=apb.LOCAL_JOB_STATE_EXITED, reason="STOPPED")
+    await leader.reconciler.on_jobs(session, [stopped], full=False)
+    assert not leader.stops.held(job.id)
+    assert leader.view.job(job.id).state == lc.PENDING  # a stale attempt's exit changes nothing
+
+
+async def test_hold_ends_when_the_node_is_gone_or_after_the_safety_timeout(leader: Leader) -> None:
+    await leader.nodes.register(_inventory())
+    leader.sessions.open("n1", "agent-1")
+    a = await _placed_on(leader, "n1", preemptible=True)
+    await leader.nodes.drain("n1", 60, "maintenance")
+    assert leader.stops.held(a.id)
+    leader.stops.node_gone("n1")
+    assert not leader.stops.held(a.id)
+    leader.stops.hold("j-x", 1, {"n1"})
+    leader.clock.advance(31)
+    assert not leader.stops.held("j-x")

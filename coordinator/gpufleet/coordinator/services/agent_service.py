@@ -110,7 +110,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 node.last_heartbeat_ms = st.at_ms or self.c.clock.now_ms()
             if st.gpu_inventory:
                 await self.c.nodes.update_gpus(session.node, list(st.gpu_inventory))
-            await self.c.reconciler.on_jobs(session, st.jobs)
+            await self.c.reconciler.on_jobs(session, st.jobs, full=True)
         elif body == "event":
             await self._event(session, msg.event)
         elif body == "log_data":
@@ -126,7 +126,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def _event(self, session: AgentSession, ev: apb.AgentEvent) -> None:
         kind = ev.WhichOneof("body")
         if kind == "job_exited":
-            await self.c.reconciler.on_jobs(session, [ev.job_exited.job])
+            await self.c.reconciler.on_jobs(session, [ev.job_exited.job], full=False)
         elif kind == "limit_exceeded":
             le = ev.limit_exceeded
             log.warning(

@@ -57,6 +57,7 @@ class LeaderRuntime:
             return
         self.ready.clear()
         self.scheduling.stop()
+        self.scheduling.stops.clear()
         self.sessions.close_all()
         task, self._task = self._task, None
         if task is not None and not task.done():

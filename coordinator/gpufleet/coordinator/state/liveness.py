@@ -26,6 +26,7 @@ from gpufleet.coordinator.state import job_rules
 from gpufleet.coordinator.state.fleet import FleetView, copy_job, copy_node
 from gpufleet.coordinator.state.nodes import AGENT_GONE, DRAINED, DRAINING, NOT_READY, READY
 from gpufleet.coordinator.state.sessions import AgentSessions
+from gpufleet.coordinator.state.stopping import StopTracker
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,16 @@ MAX_JOBS_PER_TXN = 100
 
 
 class LivenessChecker:
-    def __init__(self, view: FleetView, sessions: AgentSessions, config: LivenessConfig, clock: Clock) -> None:
+    def __init__(
+        self,
+        view: FleetView,
+        sessions: AgentSessions,
+        config: LivenessConfig,
+        clock: Clock,
+        stops: StopTracker | None = None,
+    ) -> None:
         self.view = view
+        self.stops = stops or StopTracker(clock, 0)
         self.sessions = sessions
         self.config = config
         self.clock = clock
@@ -85,6 +94,7 @@ class LivenessChecker:
             )
             victims.append(v)
         if await self.view.commit(jobs=victims, nodes=[node]):
+            self.stops.node_gone(name)
             log.warning("node %s is NOT_READY (agent gone %.1fs); %d jobs lost", name, gone_s, len(victims))
 
     async def _drain_step(self, name: str, now: int) -> None:
@@ -98,7 +108,9 @@ class LivenessChecker:
             return
         if node.drain_deadline_ms and now >= node.drain_deadline_ms:
             victims = []
+            held = []
             for job in jobs[:MAX_JOBS_PER_TXN]:
+                held.append((job.id, job.attempt, {a.node for a in job.assignments}))
                 v = copy_job(job)
                 job_rules.requeue_or_fail(
                     v,
@@ -109,7 +121,9 @@ class LivenessChecker:
                     failed=False,
                 )
                 victims.append(v)
-            await self.view.commit(jobs=victims)
+            if await self.view.commit(jobs=victims):
+                for job_id, attempt, nodes in held:
+                    self.stops.hold(job_id, attempt, nodes)
 
 
 __all__ = ["READY", "LivenessChecker"]

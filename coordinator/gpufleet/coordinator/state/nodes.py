@@ -17,6 +17,7 @@ from gpufleet.common.clock import Clock
 from gpufleet.common.errors import InvalidInputError, NotFoundError, Problem
 from gpufleet.coordinator.state import job_rules, keys
 from gpufleet.coordinator.state.fleet import FleetView, copy_job
+from gpufleet.coordinator.state.stopping import StopTracker
 from gpufleet.coordinator.store.base import ClusterStore
 from gpufleet.proto.v1 import types_pb2 as pb
 
@@ -33,10 +34,11 @@ def node_state_name(state: int) -> str:
 
 
 class NodeManager:
-    def __init__(self, view: FleetView, clock: Clock, default_drain_s: int) -> None:
+    def __init__(self, view: FleetView, clock: Clock, default_drain_s: int, stops: StopTracker | None = None) -> None:
         self.view = view
         self.clock = clock
         self.default_drain_s = default_drain_s
+        self.stops = stops or StopTracker(clock, 0)
 
     async def register(self, inventory: pb.NodeInventory) -> pb.Node:
         """Upsert the node an agent registered (inventory, back to READY/DRAINING after NOT_READY)."""
@@ -114,8 +116,10 @@ class NodeManager:
                 node.state = DRAINING
             node.drain_deadline_ms = now + 1000 * (deadline_s or self.default_drain_s)
             moved = []
+            held = []
             for job in self.view.jobs_on(name):
                 if job.spec.preemptible:
+                    held.append((job.id, job.attempt, {a.node for a in job.assignments}))
                     victim = copy_job(job)
                     job_rules.requeue_or_fail(
                         victim,
@@ -127,6 +131,8 @@ class NodeManager:
                     )
                     moved.append(victim)
             if await self.view.commit(jobs=moved[:100], nodes=[node]):
+                for job_id, attempt, nodes in held[:100]:
+                    self.stops.hold(job_id, attempt, nodes)
                 return node
         raise InvalidInputError(Problem("name", f"node {name} kept changing while draining; retry"))
 

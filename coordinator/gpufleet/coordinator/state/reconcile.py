@@ -23,6 +23,7 @@ from gpufleet.common.errors import GpuFleetError
 from gpufleet.coordinator.state import job_rules
 from gpufleet.coordinator.state.fleet import FleetView, copy_job
 from gpufleet.coordinator.state.sessions import AgentSession, AgentSessions
+from gpufleet.coordinator.state.stopping import StopTracker
 from gpufleet.proto.v1 import agent_pb2 as apb
 from gpufleet.proto.v1 import types_pb2 as pb
 
@@ -32,8 +33,11 @@ EXITED_STATES = frozenset({apb.LOCAL_JOB_STATE_EXITED, apb.LOCAL_JOB_STATE_FAILE
 
 
 class AgentReconciler:
-    def __init__(self, view: FleetView, sessions: AgentSessions, clock: Clock) -> None:
+    def __init__(
+        self, view: FleetView, sessions: AgentSessions, clock: Clock, stops: StopTracker | None = None
+    ) -> None:
         self.view = view
+        self.stops = stops or StopTracker(clock, 0)
         self.sessions = sessions
         self.clock = clock
         self.gang_exits: dict[str, dict[str, apb.LocalJob]] = {}
@@ -68,9 +72,12 @@ class AgentReconciler:
                 )
                 if not await self.view.commit(jobs=[victim]):
                     log.info("job %s changed while reconciling %s; next report settles it", job.id, node)
-        await self.on_jobs(session, reported)
+        await self.on_jobs(session, reported, full=True)
 
-    async def on_jobs(self, session: AgentSession, reported: Iterable[apb.LocalJob]) -> None:
+    async def on_jobs(self, session: AgentSession, reported: Iterable[apb.LocalJob], *, full: bool) -> None:
+        """``full``: ``reported`` is everything the agent knows (Register, AgentStatus), not single events."""
+        reported = list(reported)
+        self.stops.observe(session.node, reported, full=full)
         changed = False
         for local in reported:
             try:

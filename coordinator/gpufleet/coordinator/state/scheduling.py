@@ -21,6 +21,7 @@ from gpufleet.coordinator.scheduler import ClusterState, Plan, Scheduler
 from gpufleet.coordinator.state import job_rules
 from gpufleet.coordinator.state.fleet import FleetView, copy_job
 from gpufleet.coordinator.state.sessions import AgentSessions
+from gpufleet.coordinator.state.stopping import StopTracker
 from gpufleet.proto.v1 import agent_pb2 as apb
 from gpufleet.proto.v1 import types_pb2 as pb
 
@@ -43,8 +44,10 @@ class SchedulingLoop:
         sessions: AgentSessions,
         config: SchedulingConfig,
         clock: Clock,
+        stops: StopTracker | None = None,
     ) -> None:
         self.view = view
+        self.stops = stops or StopTracker(clock, 0)
         self.scheduler = scheduler
         self.sessions = sessions
         self.config = config
@@ -137,7 +140,8 @@ class SchedulingLoop:
             candidates = [j for j in candidates if j.state == lc.PENDING]
         self._full = False
         self._new_pending.clear()
-        pending = sorted(candidates, key=lambda j: (-j.priority_value, j.id))
+        # a preempted or drained job waits until its old attempt has stopped (StopTracker)
+        pending = sorted((j for j in candidates if not self.stops.held(j.id)), key=lambda j: (-j.priority_value, j.id))
         if not pending:
             return None
         running = [j for j in self.view.jobs.values() if j.state in lc.ACTIVE]
@@ -154,10 +158,12 @@ class SchedulingLoop:
         self.failures = 0
         self.cycles += 1
         batches: list[list[pb.Job]] = [[], [], []]
+        held: list[tuple[str, int, set[str]]] = []
         for pre in plan.preemptions:
             victim = self.view.jobs.get(pre.job_id)
             if victim is None or victim.state not in lc.ACTIVE:
                 continue
+            held.append((victim.id, victim.attempt, self._live_nodes(victim)))
             v = copy_job(victim)
             msg = f"{pre.reason} (for {pre.for_job_id})" if pre.for_job_id else pre.reason
             job_rules.requeue_or_fail(v, lc.PREEMPTED, now_ms=now, reason="PREEMPTED", message=msg, failed=False)
@@ -184,12 +190,30 @@ class SchedulingLoop:
                     log.info("plan lost a race on %d jobs; planning again", len(part))
                     self.trigger()
                     return plan
+                if batch is batches[0]:
+                    ids = {j.id for j in part}
+                    for job_id, attempt, nodes in held:
+                        if job_id in ids:
+                            self.stops.hold(job_id, attempt, nodes)
                 if batch is batches[1]:
                     for j in part:
                         for hook in self.on_placed:
                             hook(j)
         self._send_relayouts(plan)
         return plan
+
+    def release(self, job_id: str) -> None:
+        """A held job may be placed again (StopTracker callback)."""
+        self._new_pending.add(job_id)
+        self._wake.set()
+
+    def _live_nodes(self, job: pb.Job) -> set[str]:
+        out = set()
+        for a in job.assignments:
+            node = self.view.nodes.get(a.node)
+            if node is not None and node.state != pb.NODE_STATE_NOT_READY:
+                out.add(a.node)
+        return out
 
     def _send_relayouts(self, plan: Plan) -> None:
         for r in plan.mig_relayouts:
