@@ -89,6 +89,8 @@ async def test_relayout_refused_while_a_job_uses_a_slice_that_would_change(tmp_p
     # a layout that keeps the used slice in place is fine, and keeps its UUID
     after = await gs.apply_mig_layout(0, ["2g.20gb", "2g.20gb", "3g.40gb"])
     assert used.uuid in [d.uuid for d in after]
+    with pytest.raises(InvalidInputError, match="is in MIG mode"):
+        gs.job_env("whole", [pb.DeviceAssignment(gpu_index=0, mode=pb.SHARING_MODE_SHARED, gpu_milli=500)])
     with pytest.raises(FailedPreconditionError, match="in use by job trainer"):
         await gs.set_mig_mode(0, False)
     gs.detach("trainer")

@@ -154,6 +154,10 @@ class GpuSharing:
                     )
                 )
             return VisibleGpu(mig.uuid, mig.memory_mib, 0, 1000, False)
+        if gpu.mig_enabled:
+            raise InvalidInputError(
+                Problem(f"devices[{i}].mode", f"GPU {d.gpu_index} is in MIG mode; assign one of its MIG devices")
+            )
         if d.gpu_uuid and d.gpu_uuid != gpu.uuid:
             raise InvalidInputError(
                 Problem(f"devices[{i}].gpu_uuid", f"GPU {d.gpu_index} is {gpu.uuid}, not {d.gpu_uuid}")
@@ -183,6 +187,12 @@ class GpuSharing:
 
     def attach(self, job_id: str, pgid: int, devices: Sequence[pb.DeviceAssignment], strict: bool) -> None:
         visible = [self._visible(i, d) for i, d in enumerate(devices)]
+        # decide (and start MPS daemons) before recording anything, so a refused attach leaves no trace
+        use_mps = [v.fractional and self._uses_mps(d) for d, v in zip(devices, visible, strict=True)]
+        for d, m in zip(devices, use_mps, strict=True):
+            if m:
+                gpu = self._device(d.gpu_index)
+                self._mps.ensure(gpu.index, gpu.uuid)
         if job_id in self._jobs:
             self.detach(job_id)
         job = _Job(job_id, pgid, tuple(devices), strict)
@@ -191,13 +201,11 @@ class GpuSharing:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGCONT)
         self._procs.add(job_id, pgid)
-        for d, v in zip(devices, visible, strict=True):
+        for d, v, m in zip(devices, visible, use_mps, strict=True):
             if not v.fractional:
                 continue
             self._watchdog.set_limit(job_id, d.gpu_index, v.limit_mib)
-            if self._uses_mps(d):
-                gpu = self._device(d.gpu_index)
-                self._mps.ensure(gpu.index, gpu.uuid)
+            if m:
                 job.mps_gpus.add(d.gpu_index)
             elif job.sliced_on is None:
                 slicer = self._slicers.get(d.gpu_index)
