@@ -138,6 +138,14 @@ def test_health_reflection_status_and_watch(fleet: Fleet) -> None:
     assert status.nodes_by_state["READY"] == 2 and status.jobs_by_state["SUCCEEDED"] >= 2
     assert [r.id for r in status.replicas] == ["c1"] and status.replicas[0].leader
 
+    from gpufleet.proto.v1 import nodes_pb2 as npb
+
+    node_events = api.nodes.WatchNodes(npb.WatchNodesRequest(), timeout=10)
+    first_two = [next(node_events), next(node_events)]
+    node_events.cancel()
+    assert sorted(e.node.inventory.name for e in first_two) == ["node-1", "node-2"]
+    assert all(e.type == pb.NodeEvent.TYPE_ADDED for e in first_two)
+
     # paging
     for _ in range(3):
         fleet.submit(job_spec(["true"], nodes=1, team="paging"))
