@@ -38,5 +38,10 @@ class BestFit:
         return normalize(node_left * 2 * MILLI + gpu_left + cpu_left, higher_is_better=False)
 
 
-FIRST_FIT = Profile("first-fit", DEFAULT_PROFILE.pre_filter, DEFAULT_PROFILE.filter, ((FirstFit(), 1),))
-BEST_FIT = Profile("best-fit", DEFAULT_PROFILE.pre_filter, DEFAULT_PROFILE.filter, ((BestFit(), 1),))
+# scaled across nodes / by position: the per-node score cache does not apply
+FIRST_FIT = Profile(
+    "first-fit", DEFAULT_PROFILE.pre_filter, DEFAULT_PROFILE.filter, ((FirstFit(), 1),), node_local_scores=False
+)
+BEST_FIT = Profile(
+    "best-fit", DEFAULT_PROFILE.pre_filter, DEFAULT_PROFILE.filter, ((BestFit(), 1),), node_local_scores=False
+)

@@ -96,6 +96,9 @@ class Profile:
     filter: tuple[FilterPlugin, ...]
     score: tuple[tuple[ScorePlugin, int], ...]
     permit: tuple[PermitPlugin, ...] = ()
+    # every score depends on the scored node alone (absolute, not scaled across nodes and not by position),
+    # so the scheduler may cache per-node results (shape_cache.py); False turns the cache off
+    node_local_scores: bool = True
 
 
 def normalize(raw: npt.NDArray[np.float64] | I64, higher_is_better: bool = True) -> I64:

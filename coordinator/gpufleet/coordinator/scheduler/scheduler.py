@@ -195,7 +195,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ choose and reserve
     def _cacheable(self, req: Request) -> bool:
-        if req.nodes > 1 or req.kind == KIND_MIG:
+        if req.nodes > 1 or req.kind == KIND_MIG or not self.profile.node_local_scores:
             return False
         q = self.config.team_quota(req.team)
         return q is None or not q.per_model
