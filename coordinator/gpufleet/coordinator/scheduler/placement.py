@@ -59,7 +59,7 @@ def pick_whole(st: ClusterState, i: int, fits: B, k: int) -> list[int]:
 
 def whole_fits_row(st: ClusterState, req: Request, i: int) -> B:
     """Idle GPUs of node slot i that a whole-GPU request may take (the GpuFit rule for one node)."""
-    row: B = st.g_valid[i] & st.g_healthy[i] & ~st.g_mig[i] & ~st.g_blocked[i] & (st.g_free_milli[i] >= MILLI)
+    row: B = st.g_usable[i] & ~st.g_blocked[i] & (st.g_free_milli[i] >= MILLI)
     if req.models:
         row &= np.isin(st.g_model[i], [st.models.ids[m] for m in req.models if m in st.models.ids])
     if req.mem_mib:

@@ -63,9 +63,12 @@ class ShapeCache:
                 remap = None
             if got is not None:
                 _, opts, scores = got
-                order = np.lexsort((-scores, opts.node))
-                nodes_u, first = np.unique(opts.node[order], return_index=True)
-                pick = order[first]
+                if opts.node[0] == opts.node[-1]:  # one node: its best option (first of the best)
+                    nodes_u, pick = opts.node[:1], np.array([int(np.argmax(scores))])
+                else:
+                    order = np.lexsort((-scores, opts.node))
+                    nodes_u, first = np.unique(opts.node[order], return_index=True)
+                    pick = order[first]
                 target = remap[nodes_u] if remap is not None else nodes_u
                 e.score[target] = scores[pick]
                 e.col[target] = opts.col[pick]

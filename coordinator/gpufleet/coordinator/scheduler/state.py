@@ -180,6 +180,7 @@ class ClusterState:
         mk2("g_healthy", np.bool_, False)
         mk2("g_mig", np.bool_, False)
         mk2("g_blocked", np.bool_, False)  # held in this cycle (MIG re-layout target)
+        mk2("g_usable", np.bool_, False)  # valid, healthy, not MIG-enabled: fractions and whole GPUs
         mk2("g_model", np.int32, -1)
         mk2("g_numa", np.int32, 0)
         mk2("g_total_mib", np.int64, 0)
@@ -226,6 +227,7 @@ class ClusterState:
     g_healthy: B
     g_mig: B
     g_blocked: B
+    g_usable: B
     g_model: I32
     g_numa: I32
     g_total_mib: I64
@@ -252,9 +254,8 @@ class ClusterState:
     n_has_mig: B
 
     def _refresh(self, i: int) -> None:
-        usable = self.g_valid[i] & self.g_healthy[i] & ~self.g_mig[i]
+        usable = self.g_usable[i]
         free = np.where(usable, self.g_free_milli[i], 0)
-        self.n_usable[i] = int(usable.sum())
         self.n_free_whole[i] = int(((free >= MILLI) & ~self.g_blocked[i]).sum())
         srt = np.sort(free)
         self.n_free_milli[i] = int(srt.sum())
@@ -343,6 +344,8 @@ class ClusterState:
                 else []
             )
         self.n_has_mig[i] = bool(self.n_has_mig[i]) or bool(self.g_mig[i].any())
+        self.g_usable[i] = self.g_valid[i] & self.g_healthy[i] & ~self.g_mig[i]
+        self.n_usable[i] = int(np.count_nonzero(self.g_usable[i]))
         self.n_model[i] = next(iter(models)) if len(models) == 1 else (-1 if not models else -2)
         self.n_alive[i] = True
         self.n_ready[i] = node.state in (pb.NODE_STATE_READY, pb.NODE_STATE_UNSPECIFIED) and not node.cordoned
@@ -369,6 +372,8 @@ class ClusterState:
         self.n_alive[i] = False
         self.n_ready[i] = False
         self.g_valid[i] = False
+        self.g_usable[i] = False
+        self.n_usable[i] = 0
         self.g_free_milli[i] = 0
         self.g_free_mib[i] = 0
         self.mig_slots[i] = []
@@ -533,40 +538,16 @@ class ClusterState:
                 self._refresh(u.i)
 
     # ------------------------------------------------------------------ compact views
+    # the rows filters and scores read (MIG, gangs and per-model quotas never use compact views)
     _ROW_ARRAYS = (
-        "g_valid",
-        "g_healthy",
-        "g_mig",
-        "g_blocked",
-        "g_model",
-        "g_numa",
-        "g_total_mib",
-        "g_free_milli",
-        "g_free_mib",
-        "n_alive",
-        "n_ready",
-        "n_spot",
-        "n_region",
-        "n_zone",
-        "n_provider",
-        "n_price",
-        "n_cpu",
-        "n_mem",
-        "n_free_cpu",
-        "n_free_mem",
-        "n_gpus",
-        "n_usable",
-        "n_free_whole",
-        "n_free_milli",
-        "n_max_frac",
-        "n_model",
-        "n_version",
-        "n_sigma",
-    )
+        "g_valid", "g_usable", "g_healthy", "g_mig", "g_blocked", "g_model", "g_total_mib", "g_free_milli",
+        "g_free_mib", "n_alive", "n_ready", "n_spot", "n_region", "n_provider", "n_price", "n_cpu",
+        "n_free_cpu", "n_free_mem", "n_usable", "n_free_whole", "n_free_milli", "n_sigma",
+    )  # fmt: skip
 
     def rows(self, idx: I64) -> ClusterState:
         """A read-only copy of the rows ``idx`` (node slots renumbered 0..len-1) for filtering and scoring a few
-        nodes without touching fleet-sized arrays. Names, interners and team usage are shared."""
+        nodes without touching fleet-sized arrays. Interners and team usage are shared."""
         view = object.__new__(ClusterState)
         for name in self._ROW_ARRAYS:
             setattr(view, name, getattr(self, name)[idx])

@@ -30,7 +30,10 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
     st = cycle.state
     mix = cycle.mix
     w = mix.weight
-    nodes_u, inv = np.unique(opts.node, return_inverse=True)
+    if len(opts) and opts.node[0] == opts.node[-1]:  # one node (options come sorted by node)
+        nodes_u, inv = opts.node[:1], np.zeros(len(opts), dtype=np.int64)
+    else:
+        nodes_u, inv = np.unique(opts.node, return_inverse=True)
     s = st.n_free_milli[nodes_u].astype(np.float64)
     cpu = st.n_free_cpu[nodes_u]
     whole = st.n_free_whole[nodes_u]

@@ -33,7 +33,7 @@ class GpuFit:
             return SKIP
         st = cycle.state
         n = st.n
-        usable = st.g_valid[:n] & st.g_healthy[:n] & ~st.g_mig[:n] & ~st.g_blocked[:n]
+        usable = st.g_usable[:n] & ~st.g_blocked[:n]
         usable &= cand.node[:, None]
         mm = model_mask(st, req.models)
         if mm is not None:
