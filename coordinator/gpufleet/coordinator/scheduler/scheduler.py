@@ -185,6 +185,8 @@ class Scheduler:
         if mask is not None:
             node &= mask
         cand = Candidates(node)
+        if req.kind == KIND_MIG:
+            cycle.notes.pop("pre_gpu_nodes", None)
         for f in self.profile.filter:
             if f.name in ("GpuFit", "Mig") and req.kind == KIND_MIG:
                 cycle.notes["pre_gpu_nodes"] = cand.node.copy()

@@ -209,3 +209,18 @@ def test_mig_gpu_fully_in_use_cannot_be_relaid() -> None:
     plan = sched.schedule(st, [make_job("small", mig_profile="1g.10gb")], clock.now_ms())
     assert not plan.mig_relayouts
     assert plan.codes["small"] == "UNSCHEDULABLE"
+
+
+def test_no_relayout_on_a_cordoned_node() -> None:
+    clock = FakeClock()
+    node = make_node("n0", "H100-80GB", 1, mig_layouts=[["3g.40gb", "3g.40gb"]])
+    st = cluster(node)
+    sched = Scheduler()
+    run_and_bind(st, sched, [make_job("user", mig_profile="3g.40gb")], clock)
+    cordoned = pb.Node()
+    cordoned.CopyFrom(node)
+    cordoned.cordoned = True
+    st.upsert_node(cordoned)
+    plan = sched.schedule(st, [make_job("small", mig_profile="1g.10gb")], clock.now_ms())
+    assert not plan.mig_relayouts
+    assert "not ready, cordoned or draining" in plan.unplaced["small"]
