@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator", help="coordinator address(es) HOST:PORT[,HOST:PORT...] (or GPUFLEET_COORDINATOR)")
     p.add_argument("--name", help="node name, unique in the fleet (default: the short hostname)")
     p.add_argument("--state-dir", type=Path, help="job records and logs (default /var/lib/gpufleet/agent)")
-    p.add_argument("--simulate", metavar="MODEL:COUNT[,MODEL:COUNT]", help="simulated GPUs, e.g. H100-80GB:8,L4:2")
+    p.add_argument(
+        "--simulate",
+        metavar="MODEL:COUNT[:mig][,...]",
+        help="simulated GPUs, e.g. H100-80GB:8,L4:2; :mig starts a group with MIG mode on (A100-80GB:2:mig)",
+    )
     p.add_argument("--gpu-backend", help="'nvml' (default without --simulate) or simulate:MODEL:COUNT[,...]")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: off)")
     p.add_argument("--config", type=Path, help="TOML config file (default /etc/gpufleet/agent.toml if present)")

@@ -39,6 +39,8 @@ def test_every_catalog_model_can_be_simulated(tmp_path: Path) -> None:
         ("simulate:H100-80GB", "bad count"),
         ("simulate:", "needs a topology"),
         ("cuda", "unknown GPU backend spec"),
+        ("simulate:L4:2:mig", "not MIG-capable"),
+        ("simulate:A100-80GB:2:mog", "unknown option 'mog'"),
     ],
 )
 def test_bad_spec_names_simulate_and_valid_form(tmp_path: Path, spec: str, needle: str) -> None:
@@ -131,3 +133,14 @@ def test_xid_marks_unhealthy(tmp_path: Path) -> None:
     b.inject_xid(1, 79)
     assert [(e.index, e.xid) for e in b.health_events()] == [(1, 79)]
     assert not b.inventory()[1].healthy and not b.sample()[1].healthy
+
+
+def test_mig_groups_start_with_mig_mode_on_and_layouts_apply(tmp_path: Path) -> None:
+    backend = create_backend("simulate:A100-80GB:2:mig,H100-80GB:1", tmp_path, node_name="n")
+    gpus = backend.inventory()
+    assert [g.mig_enabled for g in gpus] == [True, True, False]
+    devices = backend.apply_mig_layout(0, ["3g.40gb", "3g.40gb"])
+    assert sorted(d.profile for d in devices) == ["3g.40gb", "3g.40gb"]
+    # what was persisted wins over the topology's starting point after a restart
+    again = create_backend("simulate:A100-80GB:2:mig,H100-80GB:1", tmp_path, node_name="n")
+    assert len(again.inventory()[0].mig_devices) == 2

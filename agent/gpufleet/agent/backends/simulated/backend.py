@@ -1,6 +1,6 @@
 """SimulatedBackend: GPUs from the catalog, behaving like NVML reports them. See backends/base.py.
 
-- Topology: a list of ``(model, count)``, e.g. from ``simulate:H100-80GB:8,L4:2``.
+- Topology: a list of ``(model, count[, mig])``, e.g. from ``simulate:H100-80GB:8,A100-80GB:2:mig``.
 - UUIDs are derived from the node name and index (``GPU-...``) and, for MIG devices, from the slice
   (``MIG-...``), so they survive agent restarts.
 - MIG: the real profile table and placement rules (gpu_models); mode changes stay pending until
@@ -42,19 +42,30 @@ def fake_uuid(prefix: str, *parts: object) -> str:
     return f"{prefix}-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
-def parse_topology(text: str) -> list[tuple[str, int]]:
-    """``"H100-80GB:8,L4:2"`` -> ``[("H100-80GB", 8), ("L4", 2)]``; bad text raises InvalidInputError."""
-    valid = "--simulate MODEL:COUNT[,MODEL:COUNT...], e.g. --simulate H100-80GB:8,L4:2"
-    out: list[tuple[str, int]] = []
+def parse_topology(text: str) -> list[tuple[str, int, bool]]:
+    """``"H100-80GB:8,A100-80GB:2:mig"`` -> ``[("H100-80GB", 8, False), ("A100-80GB", 2, True)]``.
+
+    A ``:mig`` suffix starts that group's GPUs with MIG mode enabled (and no instances yet), as an operator
+    would have set it up; bad text raises InvalidInputError naming ``--simulate``.
+    """
+    valid = "--simulate MODEL:COUNT[:mig][,MODEL:COUNT[:mig]...], e.g. --simulate H100-80GB:8,A100-80GB:2:mig"
+    out: list[tuple[str, int, bool]] = []
     for part in (p.strip() for p in text.split(",")):
-        model, _, count = part.partition(":")
+        model, _, rest = part.partition(":")
+        count, _, flag = rest.partition(":")
         if model not in MODELS:
             raise InvalidInputError(
                 Problem("--simulate", f"unknown GPU model {model!r} in {text!r}; known: {', '.join(sorted(MODELS))}")
             )
         if not count.isdigit() or int(count) < 1:
             raise InvalidInputError(Problem("--simulate", f"bad count in {part!r}; use {valid}"))
-        out.append((model, int(count)))
+        if flag not in ("", "mig"):
+            raise InvalidInputError(Problem("--simulate", f"unknown option {flag!r} in {part!r}; use {valid}"))
+        if flag and not MODELS[model].mig_capable:
+            raise InvalidInputError(
+                Problem("--simulate", f"{model} is not MIG-capable; drop ':mig' from {part!r} ({valid})")
+            )
+        out.append((model, int(count), flag == "mig"))
     return out
 
 
@@ -84,7 +95,7 @@ class SimulatedBackend:
 
     def __init__(
         self,
-        topology: Sequence[tuple[str, int]],
+        topology: Sequence[tuple[str, int] | tuple[str, int, bool]],
         state_dir: Path,
         *,
         node_name: str = "sim-node",
@@ -98,12 +109,15 @@ class SimulatedBackend:
         self._reader = UseReader(self.sim_dir)
         self._events: list[HealthEvent] = []
         self._gpus: list[_SimGpu] = []
-        for model_name, count in topology:
+        for group in topology:
+            model_name, count = group[0], group[1]
+            mig = len(group) > 2 and bool(group[2])
             model = get_model(model_name)
             for _ in range(count):
                 i = len(self._gpus)
-                self._gpus.append(_SimGpu(i, model, fake_uuid("GPU", node_name, i, model.name)))
-        self._load()
+                gpu = _SimGpu(i, model, fake_uuid("GPU", node_name, i, model.name), mig_enabled=mig, mig_pending=mig)
+                self._gpus.append(gpu)
+        self._load()  # what was persisted (MIG mode and layout) wins over the topology's starting point
 
     # ------------------------------------------------------------------ persistence
 
