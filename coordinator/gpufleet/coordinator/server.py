@@ -118,7 +118,8 @@ class CoordinatorServer:
         finally:
             await self._set_health(False)
             with contextlib.suppress(GpuFleetError, TimeoutError):
-                await asyncio.wait_for(self.coordinator.elector.resign(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self.coordinator.elector.resign()
             for t in (elector_task, health_task, stop_task):
                 t.cancel()
             await asyncio.gather(elector_task, health_task, stop_task, return_exceptions=True)

@@ -250,3 +250,30 @@ async def test_hold_ends_when_the_node_is_gone_or_after_the_safety_timeout(leade
     leader.stops.hold("j-x", 1, {"n1"})
     leader.clock.advance(31)
     assert not leader.stops.held("j-x")
+
+
+async def test_new_leader_holds_jobs_preempted_moments_ago(leader: Leader) -> None:
+    from gpufleet.coordinator.config import SchedulingConfig
+    from gpufleet.coordinator.scheduler import Scheduler
+    from gpufleet.coordinator.state.leader import LeaderRuntime
+    from gpufleet.coordinator.state.scheduling import SchedulingLoop
+
+    await leader.nodes.register(_inventory())
+    job = copy_job(await _placed_on(leader, "n1", preemptible=True))
+    job_rules.requeue_or_fail(
+        job, lc.PREEMPTED, now_ms=leader.clock.now_ms(), reason="PREEMPTED", message="x", failed=False
+    )
+    assert await leader.view.commit(jobs=[job])
+    scheduling = SchedulingLoop(
+        leader.view, Scheduler(), leader.sessions, SchedulingConfig(), leader.clock, leader.stops
+    )
+    costs = CostAccountant(leader.store, CostConfig(), leader.clock)
+    runtime = LeaderRuntime(leader.view, leader.sessions, scheduling, leader.liveness, costs, 30)
+    await runtime.set_enabled(True)  # as a newly elected leader: loads the view from the store
+    try:
+        await runtime.wait_ready()
+        assert leader.stops.held(job.id)
+        await leader.reconciler.on_register(leader.sessions.open("n1", "agent-1"), [])
+        assert not leader.stops.held(job.id)
+    finally:
+        await runtime.close()  # returns: every leader-only loop honours cancellation

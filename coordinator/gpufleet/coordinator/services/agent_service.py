@@ -36,7 +36,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except NotLeaderError as exc:
             # read the Register first: closing the stream under an agent's pending write makes it see INTERNAL
             with contextlib.suppress(StopAsyncIteration, TimeoutError, grpc.RpcError):
-                await asyncio.wait_for(anext(aiter(request_iterator)), REDIRECT_READ_TIMEOUT_S)
+                async with asyncio.timeout(REDIRECT_READ_TIMEOUT_S):
+                    await anext(aiter(request_iterator))
             redirect = apb.Redirect(leader_address=exc.leader_address, message=str(exc))
             yield apb.CoordinatorMessage(redirect=redirect)
             return
@@ -46,7 +47,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         reader: asyncio.Task[None] | None = None
         try:
             try:
-                first = await asyncio.wait_for(anext(aiter(request_iterator)), REGISTER_TIMEOUT_S)
+                async with asyncio.timeout(REGISTER_TIMEOUT_S):
+                    first = await anext(aiter(request_iterator))
             except (StopAsyncIteration, TimeoutError):
                 return
             if not first.HasField("register"):

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from gpufleet.common import lifecycle as lc
 from gpufleet.common.errors import NotLeaderError, StoreError, UnavailableError
 from gpufleet.common.retry import RetryPolicy, retry_async
 from gpufleet.coordinator.state.costs import CostAccountant
@@ -20,6 +21,7 @@ from gpufleet.coordinator.state.fleet import FleetView
 from gpufleet.coordinator.state.liveness import LivenessChecker
 from gpufleet.coordinator.state.scheduling import SchedulingLoop
 from gpufleet.coordinator.state.sessions import AgentSessions
+from gpufleet.proto.v1 import types_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +79,14 @@ class LeaderRuntime:
 
     async def wait_ready(self, timeout_s: float = 10.0) -> None:
         try:
-            await asyncio.wait_for(self.ready.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self.ready.wait()
         except TimeoutError:
             raise UnavailableError("this replica is becoming the leader; retry in a moment") from None
 
     async def _lead(self) -> None:
         await retry_async(LOAD_RETRY, self.view.load, retry_on=(StoreError,))
+        self._hold_recently_preempted()
         self.scheduling.start()
         self.liveness.start()
         self.ready.set()
@@ -101,6 +105,17 @@ class LeaderRuntime:
                 task: asyncio.Task[None] = asyncio.create_task(self.resign(), name="resign")
                 self._stopping.add(task)
                 task.add_done_callback(self._stopping.discard)
+
+    def _hold_recently_preempted(self) -> None:
+        """The previous leader's stop holds were in its memory: a job it preempted moments ago may still be in its
+        SIGTERM grace somewhere, so hold it until every live node's agent has reported without it."""
+        stops = self.scheduling.stops
+        now = self.scheduling.clock.now_ms()
+        live = {n for n, node in self.view.nodes.items() if node.state != pb.NODE_STATE_NOT_READY}
+        for job in self.view.jobs_in(lc.PENDING):
+            recent = job.history[-2:]
+            if any(t.to_state == lc.PREEMPTED for t in recent) and now - job.updated_ms < stops.max_hold_ms:
+                stops.hold(job.id, job.attempt, live)
 
     async def _budgets(self) -> None:
         while True:

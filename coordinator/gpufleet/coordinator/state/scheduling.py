@@ -116,8 +116,10 @@ class SchedulingLoop:
 
     async def run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races a wake-up
             try:
-                await asyncio.wait_for(self._wake.wait(), self.config.tick_s)
+                async with asyncio.timeout(self.config.tick_s):
+                    await self._wake.wait()
             except TimeoutError:
                 self._full = True
             # coalesce a burst of submissions into one cycle

@@ -159,7 +159,8 @@ class AgentSessions:
         while True:
             timeout = max(0.0, next_full - self.clock.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancellation on 3.11
+                    await self._wake.wait()
             self._wake.clear()
             if self.clock.monotonic() >= next_full:
                 targets = set(self.sessions)
@@ -185,7 +186,8 @@ class AgentSessions:
         session.commands[cmd.command_id] = fut
         session.send(apb.CoordinatorMessage(command=cmd))
         try:
-            return await asyncio.wait_for(fut, timeout_s or self.config.log_timeout_s)
+            async with asyncio.timeout(timeout_s or self.config.log_timeout_s):
+                return await fut
         except TimeoutError:
             raise UnavailableError(f"node {node} did not answer command {cmd.command_id} in time") from None
         finally:
@@ -214,7 +216,8 @@ class AgentSessions:
         try:
             while True:
                 try:
-                    data = await asyncio.wait_for(q.get(), self.config.log_timeout_s)
+                    async with asyncio.timeout(self.config.log_timeout_s):
+                        data = await q.get()
                 except TimeoutError:
                     raise UnavailableError(f"node {node} did not send logs of {job_id} in time") from None
                 if data.error and not data.data and data.eof and not out and "disconnected" in data.error:
