@@ -86,6 +86,13 @@ def test_follower_redirects_clients_and_agents(
     stub = agent_pb2_grpc.AgentServiceStub(api.channel)
     first = next(iter(stub.Connect(iter([apb.AgentMessage(register=apb.Register())]), timeout=5)))
     assert first.WhichOneof("body") == "redirect" and first.redirect.leader_address == leader
+    # a leader stopped with SIGTERM exits cleanly and resigns: another replica leads at once
+    old = fleet.leader()
+    t = time.monotonic()
+    old.popen.terminate()  # type: ignore[union-attr]
+    assert old.popen.wait(15) == 0  # type: ignore[union-attr]
+    assert fleet.leader_address(exclude=old.address, timeout_s=10) != old.address
+    assert time.monotonic() - t < 10
 
 
 def _nodes_req() -> object:

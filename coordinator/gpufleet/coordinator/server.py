@@ -67,8 +67,8 @@ class CoordinatorServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {settings.server.listen}")
         host = settings.server.listen.rsplit(":", 1)[0]
-        if host in ("", "0.0.0.0", "[::]"):
-            host = "127.0.0.1"
+        if host in ("", "0.0.0.0", "[::]"):  # listening everywhere: others reach us by our host name
+            host = socket.gethostname()
         self.address = settings.server.advertise or f"{host}:{self.port}"
         self.identity = identity or settings.id or f"coordinator-{self.port}"
         self.coordinator = Coordinator(settings, store, identity=self.identity, address=self.address)
