@@ -94,7 +94,7 @@ def test_no_fit_gives_an_actionable_reason() -> None:
     assert "needs 2x H100-80GB on one node" in reason
     assert "the best node has 1 free" in reason
     assert "1 jobs ahead in the queue (1 of team ml-infra)" in reason
-    assert plan.codes["big"] == "UNSCHEDULABLE"
+    assert plan.codes["big"] == "UNRESOLVABLE"  # no GPU in the cluster has 90,000 MiB
 
 
 def test_request_bigger_than_any_node_is_unresolvable() -> None:
@@ -171,3 +171,18 @@ def test_spread_only_for_jobs_that_ask() -> None:
     spread = Scheduler().schedule(st, [make_job("spr", 1, spread=True)], now_ms=0).placements[0].assignments[0].node
     assert packed == used
     assert spread != used
+
+
+def test_fraction_memory_request_is_honoured_per_gpu() -> None:
+    st = cluster(make_node("n0", "H100-80GB", 2))
+    jobs = [
+        make_job("a", 0.3, gpu_memory_mib=50_000, created_ms=1),
+        make_job("b", 0.3, gpu_memory_mib=50_000, created_ms=2),
+    ]
+    plan = Scheduler().schedule(st, jobs, now_ms=0)
+    devs = [p.assignments[0].devices[0] for p in plan.placements]
+    assert len(devs) == 2
+    assert devs[0].gpu_index != devs[1].gpu_index  # 2 x 50,000 MiB do not fit one 81,559 MiB GPU
+    assert all(d.gpu_memory_mib == 50_000 for d in devs)
+    plan = Scheduler().schedule(st, [make_job("big", 0.1, gpu_memory_mib=90_000)], now_ms=0)
+    assert plan.codes["big"] == "UNRESOLVABLE"  # no GPU in the cluster has 90,000 MiB
