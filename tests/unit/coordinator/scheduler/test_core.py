@@ -94,7 +94,7 @@ def test_no_fit_gives_an_actionable_reason() -> None:
     assert "needs 2x H100-80GB on one node" in reason
     assert "the best node has 1 free" in reason
     assert "1 jobs ahead in the queue (1 of team ml-infra)" in reason
-    assert plan.codes["big"] == "UNRESOLVABLE"  # no GPU in the cluster has 90,000 MiB
+    assert plan.codes["big"] == "UNSCHEDULABLE"
 
 
 def test_request_bigger_than_any_node_is_unresolvable() -> None:
