@@ -261,3 +261,12 @@ def test_high_priority_job_preempts_preemptible_work(fleet: Fleet) -> None:
     assert urgent.id in edge.message, edge
     for j in low:
         fleet.api().jobs.CancelJob(jpb.CancelJobRequest(id=j.id), timeout=5)
+
+
+def test_job_whose_deadline_passed_fails_and_says_why(fleet: Fleet) -> None:
+    spec = job_spec(["true"], nodes=1, deadline_ms=int(time.time() * 1000) + 300)
+    spec.resources.gpu_milli = 64000  # cannot fit before its deadline
+    job = fleet.submit(spec).job
+    failed = fleet.wait_job(job.id, lambda j: j.state in lc.TERMINAL)
+    assert failed.state == lc.FAILED and failed.reason == "DEADLINE_EXCEEDED", failed
+    assert "deadline" in failed.message

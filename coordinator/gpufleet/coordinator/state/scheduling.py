@@ -182,7 +182,10 @@ class SchedulingLoop:
             if cur is None or cur.state != lc.PENDING:
                 continue
             j = copy_job(cur)
-            if job_rules.set_unplaced(j, why):
+            if plan.codes.get(job_id) == "DEADLINE":  # time only moves on: it can never run now
+                lc.transition(j, lc.FAILED, at_ms=now, reason="DEADLINE_EXCEEDED", message=why)
+                batches[2].append(j)
+            elif job_rules.set_unplaced(j, why):
                 batches[2].append(j)
         chunk = self.config.txn_chunk
         for batch in batches:
