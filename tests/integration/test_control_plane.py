@@ -270,3 +270,12 @@ def test_job_whose_deadline_passed_fails_and_says_why(fleet: Fleet) -> None:
     failed = fleet.wait_job(job.id, lambda j: j.state in lc.TERMINAL)
     assert failed.state == lc.FAILED and failed.reason == "DEADLINE_EXCEEDED", failed
     assert "deadline" in failed.message
+
+
+def test_job_over_its_gpu_memory_limit_fails_with_the_agents_reason(fleet: Fleet) -> None:
+    prog = [sys.executable, "-m", "gpufleet.agent.backends.simulated.use", "--mib", "60000", "--seconds", "30"]
+    spec = job_spec(prog, gpu_milli=500, nodes=1, restart_policy=pb.RESTART_POLICY_NEVER)
+    job = fleet.submit(spec).job
+    failed = fleet.wait_job(job.id, lambda j: j.state in lc.TERMINAL, timeout_s=40)
+    assert failed.state == lc.FAILED and failed.reason == "GPU_MEMORY_LIMIT_EXCEEDED", failed
+    assert failed.message
