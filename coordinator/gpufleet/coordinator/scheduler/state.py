@@ -393,8 +393,8 @@ class ClusterState:
         if i is None:
             return
         for d in alloc.devices:
-            if d.col >= int(self.n_gpus[i]):
-                continue
+            if not 0 <= d.col < int(self.n_gpus[i]):
+                continue  # a GPU the node no longer reports
             self.g_free_milli[i, d.col] -= sign * d.milli
             self.g_free_mib[i, d.col] -= sign * d.mib
             if d.mig_uuid:

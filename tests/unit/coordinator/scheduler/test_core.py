@@ -186,3 +186,26 @@ def test_fraction_memory_request_is_honoured_per_gpu() -> None:
     assert all(d.gpu_memory_mib == 50_000 for d in devs)
     plan = Scheduler().schedule(st, [make_job("big", 0.1, gpu_memory_mib=90_000)], now_ms=0)
     assert plan.codes["big"] == "UNRESOLVABLE"  # no GPU in the cluster has 90,000 MiB
+
+
+def test_bind_tolerates_stale_assignments_and_nodes_joining_later() -> None:
+    st = cluster(make_node("n0", gpus=2))
+    ghost = placed(
+        make_job("ghost", 1),
+        [pb.TaskAssignment(node="n0", devices=[pb.DeviceAssignment(gpu_index=7, mode=pb.SHARING_MODE_EXCLUSIVE)])],
+    )
+    later = placed(
+        make_job("later", 2),
+        [pb.TaskAssignment(node="n9", devices=[pb.DeviceAssignment(gpu_index=i, gpu_milli=1000) for i in (0, 1)])],
+    )
+    neg = placed(make_job("neg", 1), [pb.TaskAssignment(node="n0", devices=[pb.DeviceAssignment(gpu_index=-1)])])
+    for j in (ghost, later, neg):
+        st.bind(j)
+    assert st.allocated_milli() == 0  # nothing real was taken on n0
+    st.upsert_node(make_node("n9", gpus=2))  # the node of a running job registers after the job was bound
+    assert st.allocated_milli() == 2000
+    plan = Scheduler().schedule(st, [make_job("new", 2)], now_ms=0)
+    assert plan.placements[0].assignments[0].node == "n0"
+    for j in (ghost, later, neg):
+        st.unbind(j.id)
+    assert st.allocated_milli() == 0
