@@ -60,7 +60,7 @@ class LivenessConfig(_Section):
 
 
 class AgentsConfig(_Section):
-    status_interval_ms: int = Field(default=1000, ge=50)
+    status_interval_ms: int = Field(default=500, ge=50)
     """How often agents send AgentStatus (told to them in RegisterAck)."""
     resync_interval_s: float = Field(default=3.0, gt=0)
     """DesiredState is pushed after every change and at least this often."""
