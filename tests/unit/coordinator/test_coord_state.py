@@ -277,3 +277,15 @@ async def test_new_leader_holds_jobs_preempted_moments_ago(leader: Leader) -> No
         assert not leader.stops.held(job.id)
     finally:
         await runtime.close()  # returns: every leader-only loop honours cancellation
+
+
+async def test_acknowledged_exits_are_dropped_once_the_agent_forgot_them(leader: Leader) -> None:
+    await leader.nodes.register(_inventory())
+    job = await _placed_on(leader, "n1")
+    session = leader.sessions.open("n1", "agent-1")
+    exited = apb.LocalJob(job_id=job.id, attempt=1, state=apb.LOCAL_JOB_STATE_EXITED, reason="SUCCEEDED")
+    await leader.reconciler.on_jobs(session, [exited], full=False)
+    await leader.reconciler.on_jobs(session, [exited], full=True)  # not applied by the agent yet
+    assert list(leader.sessions.desired_state("n1", session.acked_exits).acknowledged_exits) == [job.id]
+    await leader.reconciler.on_jobs(session, [], full=True)
+    assert not leader.sessions.desired_state("n1", session.acked_exits).acknowledged_exits

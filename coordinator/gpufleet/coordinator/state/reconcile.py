@@ -78,6 +78,8 @@ class AgentReconciler:
         """``full``: ``reported`` is everything the agent knows (Register, AgentStatus), not single events."""
         reported = list(reported)
         self.stops.observe(session.node, reported, full=full)
+        if full:  # an acknowledged exit the agent no longer lists has been forgotten there: stop sending it
+            session.acked_exits &= {r.job_id for r in reported}
         changed = False
         for local in reported:
             try:
@@ -129,6 +131,3 @@ class AgentReconciler:
         await self.view.update_job(job.id, mutate)
         self.gang_exits.pop(job.id, None)
         return True
-
-    def forget_session(self, session: AgentSession) -> None:
-        session.acked_exits.clear()
