@@ -95,7 +95,9 @@ class AgentReconciler:
         job = self.view.jobs.get(local.job_id)
         assigned = self._assigned(job, node, local)
         if local.state in EXITED_STATES:
-            if assigned and job is not None and not await self._record_exit(job, node, local):
+            if not assigned:
+                self.gang_exits.pop(local.job_id, None)  # a gang that was cancelled or requeued meanwhile
+            elif job is not None and not await self._record_exit(job, node, local):
                 return False
             if local.job_id not in session.acked_exits:
                 session.acked_exits.add(local.job_id)
