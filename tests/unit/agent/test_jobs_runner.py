@@ -159,3 +159,15 @@ def test_sigterm_sent_to_the_supervisor_alone_is_forwarded_to_the_job(state: Loc
     os.kill(rec.pid, 15)
     done = wait_finished(runner, rec)
     assert done.exit_code == 128 + 15 and done.reason == "EXITED"
+
+
+async def test_a_stop_right_after_start_terminates_the_job_instead_of_killing_it(state: LocalState) -> None:
+    """The agent sees a job as soon as its supervisor exists; a SIGTERM that reaches the supervisor before it
+    forked the job must still reach the job (not leave it running until SIGKILL at the deadline)."""
+    runner = JobRunner(state)
+    for i in range(15):
+        rec = runner.start(new_record(state, f"j-race-{i}"), ["sleep", "300"], dict(os.environ), "")
+        started = time.monotonic()
+        done = await runner.stop(rec, "STOPPED", "", grace_s=20)
+        assert done.exit_code == 128 + 15, f"attempt {i}: exit {done.exit_code} (SIGKILL after the grace period)"
+        assert time.monotonic() - started < 10

@@ -239,14 +239,17 @@ class JobRunner:
                 state=STOPPING, stop_reason=reason, stop_message=message, stop_requested_ms=self.clock.now_ms()
             )
             self.state.save(record)
-        self._terminate(record)
+        signalled = self._terminate(record)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
+        killed = False
         while loop.time() < deadline:
             if self._ended(record):
                 break
             await asyncio.sleep(0.1)
+            signalled = self._terminate(record, signalled)
         else:
+            killed = True
             # kill the job's processes but not the supervisor, so it still records the job's status
             sup = record.pid if self.is_alive(record) else 0
             for p in self._group_members(record):
@@ -261,30 +264,41 @@ class JobRunner:
                 await asyncio.sleep(0.1)
                 self.is_alive(record)  # reap
         if self.read_exit_file(record) is None and not self.is_alive(record):
-            # the supervisor itself had to be killed: record the status it would have written
-            atomic_write(record.exit_path, b"%d\n" % (128 + signal.SIGKILL))
+            # the supervisor itself died (killed at the deadline, or terminated before it could start the job):
+            # record the status it would have written, by the only signal we sent
+            sig = signal.SIGKILL if killed else signal.SIGTERM
+            atomic_write(record.exit_path, b"%d\n" % (128 + sig))
         done = self.check(record)
         return done if done is not None else record
 
-    def _terminate(self, record: JobRecord) -> None:
+    def _terminate(self, record: JobRecord, done: set[tuple[int, str]] | None = None) -> set[tuple[int, str]]:
         """SIGTERM every process of the job's group once (the job and its children, e.g. torchrun workers),
         but not the supervisor: it would forward a second SIGTERM to the job. Signalled alone (by an operator),
-        the supervisor forwards SIGTERM to the job itself."""
+        the supervisor forwards SIGTERM to the job itself.
+
+        ``done`` holds the (pid, name) pairs already signalled; called again during the grace period, only a
+        process that is new, or has exec'd another program since (a TERM that reached a freshly forked shell
+        child before its exec is lost), is signalled. Returns the updated set."""
+        done = set() if done is None else done
         supervisor_alive = self.is_alive(record)
         members = [p for p in self._group_members(record) if not (supervisor_alive and p.pid == record.pid)]
         for p in members:
             with contextlib.suppress(psutil.Error):
-                p.send_signal(signal.SIGTERM)
-        if not members and supervisor_alive:
+                key = (p.pid, p.name())
+                if key not in done:
+                    p.send_signal(signal.SIGTERM)
+                    done.add(key)
+        if not members and supervisor_alive and (record.pid, "") not in done:
+            # the job is not forked yet: the supervisor delivers the stop once it exists
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(record.pid, signal.SIGTERM)
+            done.add((record.pid, ""))
+        return done
 
     def _ended(self, record: JobRecord) -> bool:
-        """The job has exited (exit file written) and nothing else of its group is still alive."""
-        if self.read_exit_file(record) is None:
-            return False
-        alive = self.is_alive(record)
-        return not alive and not self._group_members(record)
+        """Nothing of the job is left: its supervisor is gone (having written the exit file, unless it was
+        itself terminated before starting the job) and no other process of its group is alive."""
+        return not self.is_alive(record) and not self._group_members(record)
 
     def _group_members(self, record: JobRecord) -> list[psutil.Process]:
         """Live processes in the job's process group started no earlier than its supervisor."""

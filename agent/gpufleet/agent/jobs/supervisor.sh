@@ -13,9 +13,12 @@ set -u
 exit_file=$1
 shift
 child=
+pending=
 
+# A stop can arrive before the job is forked (the agent sees the job as soon as this shell exists):
+# remember it and deliver it as soon as the job exists, so the job is stopped, not killed at the deadline.
 forward() {
-    if [ -n "$child" ]; then kill -s "$1" "$child" 2>/dev/null; fi
+    if [ -n "$child" ]; then kill -s "$1" "$child" 2>/dev/null; else pending=$1; fi
 }
 # Trapped signals (not ignored ones) are reset to their defaults in the job, so the job can be stopped.
 trap 'forward TERM' TERM
@@ -29,6 +32,7 @@ else
     "$@" </dev/null &
 fi
 child=$!
+if [ -n "$pending" ]; then kill -s "$pending" "$child" 2>/dev/null; fi
 
 while :; do
     wait "$child"
