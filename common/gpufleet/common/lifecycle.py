@@ -71,14 +71,22 @@ def transition(job: pb.Job, to: int, *, at_ms: int, reason: str, message: str = 
         job.finished_ms = at_ms
 
 
+def failure_restarts(job: pb.Job) -> int:
+    """How many times the job went back to PENDING after its own failure (straight from RUNNING/SCHEDULED);
+    requeues after a preemption, drain or lost node (via PREEMPTED or LOST) do not count."""
+    return sum(1 for t in job.history if t.to_state == PENDING and t.from_state in (RUNNING, SCHEDULED))
+
+
 def restart_allowed(job: pb.Job, *, failed: bool) -> bool:
-    """Whether a job that was preempted, lost or failed goes back to PENDING under its restart policy."""
-    policy = job.spec.restart_policy
-    if policy == pb.RESTART_POLICY_NEVER:
+    """Whether a job that stopped running goes back to PENDING.
+
+    - ``restart_policy: never``: the job runs at most once; whatever ended it, it ends.
+    - ``failed=False`` (gpufleet took it away: preemption, drain, its node was lost): requeued.
+    - ``failed=True`` (its own failure: non-zero exit, limit exceeded, failed to start; or, under ``always``,
+      a clean exit): requeued while it has restarted fewer than ``max_restarts`` times after failures.
+    """
+    if job.spec.restart_policy == pb.RESTART_POLICY_NEVER:
         return False
-    if job.spec.max_restarts and job.attempt >= job.spec.max_restarts + 1:
-        return False
-    if policy == pb.RESTART_POLICY_ALWAYS:
+    if not failed:
         return True
-    # ON_FAILURE (the default): requeue after a failure, preemption or loss, not after success
-    return failed or True
+    return failure_restarts(job) < job.spec.max_restarts

@@ -148,7 +148,7 @@ async def test_stale_attempt_is_not_wanted_and_exit_is_not_acked_while_new_attem
     await leader.nodes.register(_inventory())
     job = await _placed_on(leader, "n1")
     j = copy_job(job)
-    job_rules.requeue_or_fail(j, lc.LOST, now_ms=1, reason="NODE_LOST", message="", failed=True)
+    job_rules.requeue_or_fail(j, lc.LOST, now_ms=1, reason="NODE_LOST", message="", failed=False)
     job_rules.place(j, [pb.TaskAssignment(node="n1")], now_ms=2)
     assert await leader.view.commit(jobs=[j])
     session = leader.sessions.open("n1", "agent-1")

@@ -54,7 +54,7 @@ def test_failure_reason_from_agent_is_kept_when_not_restarted() -> None:
 def test_lost_job_is_requeued_through_lost_and_loses_its_placement() -> None:
     job = _placed(_job())
     job_rules.mark_running(job, node="n1", now_ms=3)
-    job_rules.requeue_or_fail(job, lc.LOST, now_ms=4, reason="NODE_LOST", message="node n1 gone", failed=True)
+    job_rules.requeue_or_fail(job, lc.LOST, now_ms=4, reason="NODE_LOST", message="node n1 gone", failed=False)
     assert job.state == lc.PENDING and not job.assignments
     assert [t.to_state for t in job.history][-2:] == [lc.LOST, lc.PENDING]
 
@@ -77,3 +77,47 @@ def test_cancel_of_finished_job_is_illegal() -> None:
     job_rules.record_exit(job, apb.LocalJob(job_id=job.id, state=apb.LOCAL_JOB_STATE_EXITED), node="n1", now_ms=5)
     with pytest.raises(IllegalTransitionError):
         job_rules.cancel(job, now_ms=6, reason="x")
+
+
+def _fail(job: pb.Job, now_ms: int) -> None:
+    job_rules.mark_running(job, node="n1", now_ms=now_ms)
+    local = apb.LocalJob(job_id=job.id, state=apb.LOCAL_JOB_STATE_EXITED, exit_code=1, reason="EXITED")
+    job_rules.record_exit(job, local, node="n1", now_ms=now_ms + 1)
+
+
+def test_failures_retry_up_to_max_restarts_and_preemptions_do_not_count() -> None:
+    job = _placed(_job(max_restarts=2))
+    job_rules.mark_running(job, node="n1", now_ms=3)
+    job_rules.requeue_or_fail(job, lc.PREEMPTED, now_ms=4, reason="PREEMPTED", message="", failed=False)
+    assert job.state == lc.PENDING
+    for t in (10, 20):
+        job_rules.place(job, [pb.TaskAssignment(node="n1")], now_ms=t)
+        _fail(job, t + 1)
+        assert job.state == lc.PENDING
+    job_rules.place(job, [pb.TaskAssignment(node="n1")], now_ms=30)
+    _fail(job, 31)
+    assert job.state == lc.FAILED and lc.failure_restarts(job) == 2
+
+
+def test_default_grpc_spec_does_not_retry_failures_forever() -> None:
+    job = _placed(_job())  # proto defaults: restart policy unspecified (on failure), max_restarts 0
+    _fail(job, 3)
+    assert job.state == lc.FAILED
+
+
+def test_never_runs_at_most_once_even_when_preempted() -> None:
+    job = _placed(_job(restart_policy=pb.RESTART_POLICY_NEVER))
+    job_rules.requeue_or_fail(job, lc.PREEMPTED, now_ms=4, reason="PREEMPTED", message="", failed=False)
+    assert job.state == lc.FAILED and job.reason == "PREEMPTED"
+
+
+def test_always_restarts_after_a_clean_exit_within_its_limit() -> None:
+    job = _placed(_job(restart_policy=pb.RESTART_POLICY_ALWAYS, max_restarts=1))
+    ok = apb.LocalJob(job_id=job.id, state=apb.LOCAL_JOB_STATE_EXITED, exit_code=0, reason="EXITED")
+    job_rules.mark_running(job, node="n1", now_ms=3)
+    job_rules.record_exit(job, ok, node="n1", now_ms=4)
+    assert job.state == lc.PENDING
+    job_rules.place(job, [pb.TaskAssignment(node="n1")], now_ms=5)
+    job_rules.mark_running(job, node="n1", now_ms=6)
+    job_rules.record_exit(job, ok, node="n1", now_ms=7)
+    assert job.state == lc.SUCCEEDED

@@ -84,11 +84,16 @@ def record_exit(job: pb.Job, local: apb.LocalJob, *, node: str, now_ms: int) -> 
     job.exit_code = local.exit_code
     ok = local.state == apb.LOCAL_JOB_STATE_EXITED and local.exit_code == 0 and local.reason in SUCCESS_REASONS
     if ok:
+        if job.spec.restart_policy == pb.RESTART_POLICY_ALWAYS and lc.restart_allowed(job, failed=True):
+            msg = f"exit code 0 on {node}; restarted (restart policy always)"
+            lc.transition(job, lc.PENDING, at_ms=now_ms, reason=EXITED, message=msg)
+            del job.assignments[:]
+            return
         lc.transition(job, lc.SUCCEEDED, at_ms=now_ms, reason=EXITED, message=f"exit code 0 on {node}")
         return
     reason = local.reason or ("FAILED_TO_START" if local.state == apb.LOCAL_JOB_STATE_FAILED_TO_START else EXITED)
     message = local.message or f"exit code {local.exit_code} on {node}"
-    if lc.restart_allowed(job, failed=True) and job.spec.restart_policy != pb.RESTART_POLICY_NEVER:
+    if lc.restart_allowed(job, failed=True):
         lc.transition(job, lc.PENDING, at_ms=now_ms, reason=reason, message=message)
         del job.assignments[:]
     else:

@@ -90,7 +90,7 @@ class LivenessChecker:
         for job in self.view.jobs_on(name)[:MAX_JOBS_PER_TXN]:
             v = copy_job(job)
             job_rules.requeue_or_fail(
-                v, lc.LOST, now_ms=now, reason=job_rules.NODE_LOST, message=f"node {name} is not ready", failed=True
+                v, lc.LOST, now_ms=now, reason=job_rules.NODE_LOST, message=f"node {name} is not ready", failed=False
             )
             victims.append(v)
         if await self.view.commit(jobs=victims, nodes=[node]):

@@ -68,7 +68,7 @@ class AgentReconciler:
                     now_ms=now,
                     reason=job_rules.NOT_REPORTED,
                     message=f"the agent on {node} registered without it",
-                    failed=True,
+                    failed=False,
                 )
                 if not await self.view.commit(jobs=[victim]):
                     log.info("job %s changed while reconciling %s; next report settles it", job.id, node)
