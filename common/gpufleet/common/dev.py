@@ -1,4 +1,9 @@
-"""``gpufleet dev``: a whole local fleet on loopback: one coordinator (embedded store) and N simulated agents.
+"""``gpufleet dev``: a whole local fleet on loopback: one coordinator (embedded store) and simulated agents.
+
+``--agents N --gpus MODEL:COUNT`` starts N identical nodes; ``--fleet FILE`` starts the node groups a YAML
+file describes (GPUs, CPU, memory, provider/region/zone, instance type, spot, labels), e.g.
+``examples/fleet.yaml``, which ``make demo`` uses. Simulated nodes offer 16 CPUs and 128 GiB of memory per GPU
+unless told otherwise, like the cloud instances they stand for.
 
 Every component is a separate process started as ``python -m gpufleet.common.cli coordinator|agent ...`` (common
 never imports the agent or coordinator modules). Ports are picked at run time unless ``--port`` is given. It prints
@@ -18,11 +23,103 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import psutil
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gpufleet.common.errors import InvalidInputError, Problem
+from gpufleet.common.quantities import parse_cpu_milli, parse_memory_mib
 
 LISTEN_RE = re.compile(r"listening on (\S+)")
-GPUS_RE = re.compile(r"^[A-Za-z0-9._-]+:[0-9]+(,[A-Za-z0-9._-]+:[0-9]+)*$")
+GPUS_RE = re.compile(r"^[A-Za-z0-9._-]+:[0-9]+(:mig)?(,[A-Za-z0-9._-]+:[0-9]+(:mig)?)*$")
+CPU_PER_GPU = 16
+MEMORY_MIB_PER_GPU = 128 * 1024
+
+
+class NodeGroup(BaseModel):
+    """One group of identical simulated nodes in a fleet file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    count: int = Field(default=1, ge=1, le=200)
+    gpus: str
+    cpu: int | str | None = None
+    memory: int | str | None = None
+    provider: str = ""
+    region: str = ""
+    zone: str = ""
+    instance_type: str = ""
+    spot: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: str) -> str:
+        if not GPUS_RE.match(v):
+            raise ValueError(f"{v!r} is not MODEL:COUNT[:mig][,...] (e.g. H100-80GB:8 or A100-80GB:2:mig)")
+        return v
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, v: int | str | None) -> int | str | None:
+        if v is not None:
+            parse_cpu_milli(v)
+        return v
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: int | str | None) -> int | str | None:
+        if v is not None:
+            parse_memory_mib(v)
+        return v
+
+    def node_names(self) -> list[str]:
+        return [self.name] if self.count == 1 else [f"{self.name}-{i}" for i in range(1, self.count + 1)]
+
+    def agent_args(self) -> list[str]:
+        n_gpus = sum(int(part.split(":")[1]) for part in self.gpus.split(","))
+        cpu = str(self.cpu) if self.cpu is not None else str(max(1, n_gpus) * CPU_PER_GPU)
+        memory = str(self.memory) if self.memory is not None else f"{max(1, n_gpus) * MEMORY_MIB_PER_GPU}Mi"
+        args = ["--simulate", self.gpus, "--cpu", cpu, "--memory", memory, "--address", "127.0.0.1"]
+        for flag, value in (
+            ("--provider", self.provider),
+            ("--region", self.region),
+            ("--zone", self.zone),
+            ("--instance-type", self.instance_type),
+        ):
+            if value:
+                args += [flag, value]
+        if self.spot:
+            args.append("--spot")
+        for key, value in self.labels.items():
+            args += ["--label", f"{key}={value}"]
+        return args
+
+
+class FleetFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    nodes: list[NodeGroup] = Field(min_length=1)
+
+
+def load_fleet(path: Path) -> FleetFile:
+    """Read a fleet file; every problem is reported with its field path (InvalidInputError)."""
+    try:
+        data: Any = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise InvalidInputError(Problem("--fleet", f"cannot read {path}: {err}")) from None
+    try:
+        fleet = FleetFile.model_validate(data)
+    except ValidationError as err:
+        raise InvalidInputError([Problem(".".join(str(x) for x in e["loc"]), e["msg"]) for e in err.errors()]) from None
+    names = [n for g in fleet.nodes for n in g.node_names()]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InvalidInputError(Problem("nodes", f"node names must be unique; repeated: {', '.join(dupes)}"))
+    return fleet
+
+
 STOP_GRACE_S = 10.0
 
 
@@ -35,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--state-dir", type=Path, help="where state and logs go (default: a new temporary directory)")
     p.add_argument("--port", type=int, default=0, help="coordinator port on 127.0.0.1 (default: any free port)")
+    p.add_argument(
+        "--fleet", type=Path, help="a YAML file of node groups (see examples/fleet.yaml); replaces --agents/--gpus"
+    )
     return p
 
 
@@ -98,7 +198,16 @@ def main(argv: list[str]) -> int:
     if args.agents < 0 or args.agents > 200:
         parser.error("--agents must be between 0 and 200")
     if not GPUS_RE.match(args.gpus):
-        parser.error(f"--gpus {args.gpus!r} is not MODEL:COUNT[,MODEL:COUNT] (e.g. H100-80GB:8)")
+        parser.error(f"--gpus {args.gpus!r} is not MODEL:COUNT[:mig][,MODEL:COUNT] (e.g. H100-80GB:8)")
+    if args.fleet is not None:
+        try:
+            groups = load_fleet(args.fleet).nodes
+        except InvalidInputError as err:
+            for problem in err.problems:
+                print(f"gpufleet dev: {args.fleet}: {problem}", file=sys.stderr)
+            return 2
+    else:
+        groups = [NodeGroup(name="dev-node", count=args.agents, gpus=args.gpus)] if args.agents else []
     if not 0 <= args.port < 65536:
         parser.error("--port must be between 0 and 65535")
     if args.duration < 0:
@@ -127,28 +236,27 @@ def main(argv: list[str]) -> int:
         address = _wait_address(coord, clog)
         print(f"coordinator  {address}  (log {clog})", flush=True)
         agents = []
-        for i in range(1, args.agents + 1):
-            name = f"dev-node-{i}"
-            alog = state / f"agent-{name}.log"
-            agents.append(
-                _spawn(
-                    [
-                        "agent",
-                        "--coordinator",
-                        address,
-                        "--name",
-                        name,
-                        "--simulate",
-                        args.gpus,
-                        "--state-dir",
-                        str(state / f"agent-{name}"),
-                        "--metrics-port",
-                        "0",
-                    ],
-                    alog,
+        for group in groups:
+            for name in group.node_names():
+                alog = state / f"agent-{name}.log"
+                agent_args = [
+                    "agent",
+                    "--coordinator",
+                    address,
+                    "--name",
+                    name,
+                    "--state-dir",
+                    str(state / f"agent-{name}"),
+                    "--metrics-port",
+                    "0",
+                    *group.agent_args(),
+                ]
+                agents.append(_spawn(agent_args, alog))
+                where = "/".join(x for x in (group.provider, group.region) if x)
+                extra = f"  {where}" if where else ""
+                print(
+                    f"agent        {name}  {group.gpus}{' spot' if group.spot else ''}{extra}  (log {alog})", flush=True
                 )
-            )
-            print(f"agent        {name}  {args.gpus}  (log {alog})", flush=True)
         procs[:0] = agents  # stop agents first
         print(f"state        {state}", flush=True)
         print(f"export GPUFLEET_COORDINATOR={address}", flush=True)
