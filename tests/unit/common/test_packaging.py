@@ -35,6 +35,9 @@ def test_wheel_is_complete(tmp_path: Path) -> None:
         "gpufleet/proto/v1/jobs_pb2.py",
         "gpufleet/proto/v1/jobs_pb2.pyi",
         "gpufleet/proto/v1/agent.proto",
+        "gpufleet/coordinator/autoscaler/data/gpufleet-agent.yaml.tmpl",
+        "gpufleet/coordinator/autoscaler/data/gpufleet-agent.service",
+        "gpufleet/coordinator/providers/aws/client.py",
     ):
         assert required in names, f"{required} missing from the wheel"
     assert not any(n.startswith("gpufleet/__init__") for n in names), "gpufleet must stay a namespace package"

@@ -3,8 +3,8 @@
 One template (``packaging/cloud-init/gpufleet-agent.yaml.tmpl``) serves all three clouds: it installs the agent
 package, writes ``/etc/gpufleet/agent.toml`` (node name = the instance record id, coordinators, join token,
 provider/region/zone/type/spot facts, pool label) and the systemd unit (``systemd/gpufleet-agent.service``), and
-starts the agent, which registers with the coordinator. The template and unit are read from the source tree by
-default; both paths are configurable (a wheel install points them at its own copies).
+starts the agent, which registers with the coordinator. The template and unit come from the installed wheel's
+``data/`` folder (pyproject force-include) or, in a checkout, from the source tree; both paths are configurable.
 """
 
 from __future__ import annotations
@@ -16,9 +16,19 @@ from pathlib import Path
 
 from gpufleet.common.errors import InvalidInputError, Problem
 
-_ROOT = Path(__file__).resolve().parents[4]
-DEFAULT_TEMPLATE = _ROOT / "packaging" / "cloud-init" / "gpufleet-agent.yaml.tmpl"
-DEFAULT_UNIT = _ROOT / "systemd" / "gpufleet-agent.service"
+_DATA = Path(__file__).resolve().parent / "data"  # in an installed wheel (pyproject force-include)
+_ROOT = Path(__file__).resolve().parents[4]  # in a source checkout / editable install
+
+
+def _packaged_or_tree(name: str, tree_path: Path) -> Path:
+    packaged = _DATA / name
+    return packaged if packaged.is_file() else tree_path
+
+
+DEFAULT_TEMPLATE = _packaged_or_tree(
+    "gpufleet-agent.yaml.tmpl", _ROOT / "packaging" / "cloud-init" / "gpufleet-agent.yaml.tmpl"
+)
+DEFAULT_UNIT = _packaged_or_tree("gpufleet-agent.service", _ROOT / "systemd" / "gpufleet-agent.service")
 
 
 @dataclass(frozen=True, slots=True)
