@@ -169,7 +169,9 @@ def test_agent_kill_and_restart_keeps_jobs_running(
     fresh_etcd_server: EtcdServer,  # noqa: F811
     runs: Path,
 ) -> None:
-    fleet = _ha_fleet(fleet_factory, fresh_etcd_server, agents=1, node_timeout_s=8)
+    fleet = _ha_fleet(
+        fleet_factory, fresh_etcd_server, agents=1, node_timeout_s=20
+    )  # restart well inside the timeout, even on a loaded machine
     ids = [fleet.submit(_marking_job(runs, 4)).job.id for _ in range(3)]
     for j in ids:
         fleet.wait_job(j, lambda x: x.state == lc.RUNNING)
