@@ -72,6 +72,8 @@ class ShapeCache:
                 target = remap[nodes_u] if remap is not None else nodes_u
                 e.score[target] = scores[pick]
                 e.col[target] = opts.col[pick]
+        if n == 0:  # an empty fleet: nothing to pick (the caller's filter says why)
+            return None
         i = int(np.argmax(e.score))
         if e.score[i] == NEG:
             return None

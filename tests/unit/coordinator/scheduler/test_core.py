@@ -209,3 +209,14 @@ def test_bind_tolerates_stale_assignments_and_nodes_joining_later() -> None:
     for j in (ghost, later, neg):
         st.unbind(j.id)
     assert st.allocated_milli() == 0
+
+
+def test_an_empty_fleet_leaves_every_kind_of_job_pending_with_a_reason() -> None:
+    st = ClusterState()
+    jobs = [make_job("frac", 0.5, team="a"), make_job("whole", 2, team="a"), make_job("mig", 0, mig_profile="3g.40gb")]
+    gang = make_job("gang", 8, team="b")
+    gang.spec.nodes = 2
+    plan = Scheduler().schedule(st, [*jobs, gang], now_ms=0)
+    assert not plan.placements
+    assert set(plan.unplaced) == {"frac", "whole", "mig", "gang"}
+    assert all(plan.unplaced.values())
