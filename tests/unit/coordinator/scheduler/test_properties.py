@@ -160,7 +160,7 @@ def test_quota_limits_hold_and_preemption_takes_only_lower_priority_preemptible(
     usage = dict(st.team_milli)
     for pre in plan2.preemptions:
         b = st.jobs[pre.job_id]
-        usage[b.team] -= b.milli
+        usage[b.team] = usage.get(b.team, 0) - b.milli  # a CPU-only victim's team may hold no GPU
     for p in plan2.placements:
         j = next(x for x in newcomers if x.id == p.job_id)
         usage[j.spec.team] = usage.get(j.spec.team, 0) + sum(d.gpu_milli for a in p.assignments for d in a.devices)
