@@ -12,7 +12,7 @@ os.environ.setdefault("NO_GCE_CHECK", "True")
 
 # Property tests explore new examples on every local run; in CI (CI=true) they replay a fixed, derandomized
 # sequence so that a submission's result is reproducible. A counterexample found locally is a real bug.
-from hypothesis import settings as _hypothesis_settings  # noqa: E402
+from hypothesis import settings as _hypothesis_settings  # after the environment set-up above
 
 _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
