@@ -3,15 +3,23 @@
 ``DataFilePricing`` (the default, and what tests use) reads the dated JSON files shipped in this package.
 A cloud pricing API (AWS Pricing ``GetProducts`` + ``DescribeSpotPriceHistory``, the GCP Cloud Billing Catalog,
 the Azure Retail Prices API) plugs in as another ``PricingSource`` whose ``refresh()`` returns a fresh
-``ProviderCatalog``; the autoscaler only ever sees the ``Catalog``. ``AzureRetailPricing`` reads the public
-Azure Retail Prices API (no credentials); AWS and GCP pricing sources need credentials and are not shipped yet
-(moto has no pricing API to test one against): see docs/architecture/autoscaler.md.
+``ProviderCatalog``; the autoscaler only ever sees the ``Catalog``. Live sources, by provider (``LIVE_SOURCES``,
+made with ``live_pricing(provider, settings)``, imported on use so a cloud SDK loads only when asked for):
+
+* ``azure``: ``AzureRetailPricing`` here (public Azure Retail Prices API, no credentials);
+* ``aws``: ``providers/aws/pricing.py`` ``AwsPricing`` (Price List Query API + EC2 spot price history, boto3);
+* ``gcp``: ``providers/gcp/pricing.py`` ``GcpBillingPricing`` (Cloud Billing Catalog API, an API key, urllib).
+
+``build_catalog`` never fails because a live source did: it logs why and keeps that provider's dated data file.
+See docs/architecture/autoscaler.md, "Refreshing prices".
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
+import logging
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
@@ -19,8 +27,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from gpufleet.common.errors import GpuFleetError, InvalidInputError, Problem
 from gpufleet.coordinator.providers.catalog import (
     BUILTIN_PROVIDERS,
     Catalog,
@@ -30,6 +39,8 @@ from gpufleet.coordinator.providers.catalog import (
     load_builtin,
     load_file,
 )
+
+log = logging.getLogger(__name__)
 
 
 class PricingSource(Protocol):
@@ -50,9 +61,30 @@ class DataFilePricing:
 
 
 async def build_catalog(sources: Iterable[PricingSource] | None = None) -> Catalog:
-    """A ``Catalog`` from the given sources (default: every built-in data file)."""
+    """A ``Catalog`` from the given sources (default: every built-in data file).
+
+    A live source that fails (a typed ``GpuFleetError`` such as ``ProviderUnavailableError``, or a network/parse
+    error) is logged with the reason and replaced by its provider's built-in data file; only a data file that
+    cannot be read is an error."""
     srcs = list(sources) if sources is not None else [DataFilePricing(p) for p in BUILTIN_PROVIDERS]
-    return Catalog([await s.refresh() for s in srcs])
+    catalogs: list[ProviderCatalog] = []
+    for s in srcs:
+        try:
+            catalogs.append(await s.refresh())
+        except (GpuFleetError, OSError, ValueError) as e:
+            if isinstance(s, DataFilePricing) or s.provider not in BUILTIN_PROVIDERS:
+                raise
+            fallback = load_builtin(s.provider)
+            log.warning(
+                "pricing: refreshing %s prices from %s failed (%s: %s); keeping the data file dated %s",
+                s.provider,
+                type(s).__name__,
+                type(e).__name__,
+                e,
+                fallback.as_of,
+            )
+            catalogs.append(fallback)
+    return Catalog(catalogs)
 
 
 class AzureRetailPricing:
@@ -107,3 +139,27 @@ class AzureRetailPricing:
             types[t.name] = replace(t, prices=prices)
         today = datetime.now(UTC).date().isoformat()
         return ProviderCatalog(base.provider, today, f"Azure Retail Prices API ({self.endpoint})", base.regions, types)
+
+
+def _azure(settings: dict[str, Any]) -> AzureRetailPricing:
+    return AzureRetailPricing(endpoint=str(settings.get("endpoint", "https://prices.azure.com")))
+
+
+#: provider -> "module:function" taking that provider's pricing settings mapping and returning a PricingSource
+LIVE_SOURCES: dict[str, str] = {
+    "azure": f"{__name__}:_azure",
+    "aws": "gpufleet.coordinator.providers.aws.pricing:create_pricing",
+    "gcp": "gpufleet.coordinator.providers.gcp.pricing:create_pricing",
+}
+
+
+def live_pricing(provider: str, settings: dict[str, Any] | None = None) -> PricingSource:
+    """The live pricing source for ``provider`` (its module imported now, not before)."""
+    entry = LIVE_SOURCES.get(provider)
+    if entry is None:
+        raise InvalidInputError(
+            Problem("pricing.provider", f"no live pricing for {provider!r}; known: {', '.join(LIVE_SOURCES)}")
+        )
+    module_name, func = entry.split(":")
+    source: PricingSource = getattr(importlib.import_module(module_name), func)(dict(settings or {}))
+    return source
