@@ -7,14 +7,15 @@ request is recorded in ``requests`` (method, path, lower-cased headers) so tests
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.http_server import LoopbackHttpServer
 
 TOKEN = "fake-imds-token"
 
 
-class FakeMetadata:
+class FakeMetadata(LoopbackHttpServer):
     def __init__(self) -> None:
         self.aws_action: dict[str, str] | None = None
         self.aws_rebalance: dict[str, str] | None = None
@@ -38,23 +39,7 @@ class FakeMetadata:
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> FakeMetadata:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(Handler)
 
     def route(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
         if path == "/latest/api/token":
