@@ -102,3 +102,12 @@ def test_price_list_parsing_ignores_other_types_and_rejects_garbage() -> None:
     assert on_demand_from_price_list(docs, "p5.48xlarge", "us-east-1") is None
     with pytest.raises(ProviderError, match="PriceList"):
         on_demand_from_price_list(["not json"], "g5.xlarge", "us-east-1")
+
+
+def test_live_pricing_names_the_field_for_unknown_settings() -> None:
+    from gpufleet.common.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match=r"pricing\.provider.*known: azure, aws, gcp"):
+        live_pricing("ibm")
+    with pytest.raises(InvalidInputError, match=r"pricing\.aws\.pricing_region"):
+        live_pricing("aws", {"pricing_region": "us-west-2"})
