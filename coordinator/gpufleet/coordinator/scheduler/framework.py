@@ -34,6 +34,8 @@ class CycleState:
     now_ms: int
     mix: MixClasses
     notes: dict[str, object] = field(default_factory=dict)
+    # per-cycle memo of masks that only node upserts change (never during a cycle), keyed by the plugin
+    memo: dict[tuple[object, ...], B] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from gpufleet.common.gpu_models import PlacedInstance
 from gpufleet.coordinator.scheduler.framework import B
 from gpufleet.coordinator.scheduler.plugins.mig import models_with_profile
 from gpufleet.coordinator.scheduler.request import Request
-from gpufleet.coordinator.scheduler.state import ClusterState
+from gpufleet.coordinator.scheduler.state import ClusterState, MigSlot
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,31 +49,53 @@ def plan(state: ClusterState, req: Request, node_mask: B) -> RelayoutChoice | No
     best: tuple[tuple[int, int, int, int], RelayoutChoice] | None = None
     for flat in np.flatnonzero(gpus):
         i, col = divmod(int(flat), state.G)
-        model = gpu_models.MODELS.get(state.models.names[int(state.g_model[i, col])])
-        if model is None:
-            continue
+        name = state.models.names[int(state.g_model[i, col])]
         slots = state.mig_slots[i][col]
-        used: list[PlacedInstance] = []
-        free: list[PlacedInstance] = []
-        for s in slots:
-            try:
-                inst = PlacedInstance(model.profile(s.profile), s.start)
-            except InvalidInputError:
-                continue
-            (used if s.used else free).append(inst)
-        start = gpu_models.find_start(model, used, req.mig_profile)
-        if start is None:
+        layout_key = (name, req.mig_profile, tuple((s.profile, s.start, s.used) for s in slots))
+        if layout_key in _LAYOUTS:
+            got = _LAYOUTS[layout_key]
+        else:
+            got = _layout(name, slots, req.mig_profile)
+            if len(_LAYOUTS) >= _LAYOUTS_MAX:
+                _LAYOUTS.clear()
+            _LAYOUTS[layout_key] = got
+        if got is None:
             continue
-        layout = [*used, PlacedInstance(model.profile(req.mig_profile), start)]
-        kept = 0
-        for f in sorted(free, key=lambda p: p.start):
-            if _compatible(layout, f):
-                layout.append(f)
-                kept += 1
-        cost = 1 + len(free) - kept
-        ordered = sorted(layout, key=lambda p: p.start)
-        choice = RelayoutChoice(i, col, [p.profile.name for p in ordered], cost, [p.start for p in ordered])
-        key = (cost, -len(used), i, col)
+        profiles, cost, starts, n_used = got
+        key = (cost, -n_used, i, col)
         if best is None or key < best[0]:
-            best = (key, choice)
+            best = (key, RelayoutChoice(i, col, list(profiles), cost, list(starts)))
     return best[1] if best else None
+
+
+# (model, profile, slots as (profile, start, used)) -> the GPU's re-layout (a pure function; bounded memo)
+_Layout = tuple[tuple[str, ...], int, tuple[int, ...], int] | None
+_LAYOUTS: dict[tuple[str, str, tuple[tuple[str, int, bool], ...]], _Layout] = {}
+_LAYOUTS_MAX = 16_384
+
+
+def _layout(model_name: str, slots: list[MigSlot], profile: str) -> _Layout:
+    """(profiles, cost, starts, slices in use) of the cheapest new layout of one GPU, or None."""
+    model = gpu_models.MODELS.get(model_name)
+    if model is None:
+        return None
+    used: list[PlacedInstance] = []
+    free: list[PlacedInstance] = []
+    for s in slots:
+        try:
+            inst = PlacedInstance(model.profile(s.profile), s.start)
+        except InvalidInputError:
+            continue
+        (used if s.used else free).append(inst)
+    start = gpu_models.find_start(model, used, profile)
+    if start is None:
+        return None
+    layout = [*used, PlacedInstance(model.profile(profile), start)]
+    kept = 0
+    for f in sorted(free, key=lambda p: p.start):
+        if _compatible(layout, f):
+            layout.append(f)
+            kept += 1
+    cost = 1 + len(free) - kept
+    ordered = sorted(layout, key=lambda p: p.start)
+    return tuple(p.profile.name for p in ordered), cost, tuple(p.start for p in ordered), len(used)

@@ -28,6 +28,7 @@ from gpufleet.coordinator.scheduler.request import KIND_FRACTION, KIND_MIG, KIND
 from gpufleet.coordinator.scheduler.shape_cache import ShapeCache
 from gpufleet.coordinator.scheduler.state import ClusterState
 from gpufleet.coordinator.scheduler.types import (
+    SKIP,
     SUCCESS,
     MigRelayout,
     Placement,
@@ -119,7 +120,7 @@ class Scheduler:
             return
         for p in self.profile.pre_filter:
             r = p.pre_filter(cycle, req)
-            if not r.ok:
+            if r is not SUCCESS and r is not SKIP and not r.ok:
                 plan.unplaced[req.job_id] = r.reason
                 plan.codes[req.job_id] = _CODES.get(r.plugin, r.status.value)
                 return

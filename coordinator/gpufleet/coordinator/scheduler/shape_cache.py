@@ -48,11 +48,11 @@ class ShapeCache:
             self._entries[key] = e
         ver = st.n_version[:n]
         dirty = ver != e.version
-        if dirty.any():
-            e.score[dirty] = NEG
-            e.col[dirty] = -1
-            e.version[dirty] = ver[dirty]
-            idx = np.flatnonzero(dirty)
+        idx = np.flatnonzero(dirty)
+        if len(idx):
+            e.score[idx] = NEG
+            e.col[idx] = -1
+            e.version[idx] = ver[idx]
             if len(idx) <= COMPACT_BELOW:
                 # few changed nodes: filter and score a compact copy of their rows
                 sub = CycleState(st.rows(idx), cycle.config, cycle.now_ms, cycle.mix, cycle.notes)

@@ -119,6 +119,24 @@ class _Interner:
 
 _UIDS = itertools.count(1)
 
+# sorted free-milli row -> its sigma row; rows repeat a lot across nodes and reservations (bounded memo)
+_SIGMA_ROWS: dict[tuple[int, ...], I64] = {}
+_SIGMA_ROWS_MAX = 65_536
+
+
+def _sigma_row(srt: tuple[int, ...]) -> I64:
+    """sigma[t] = sum of the (sorted) free values < THRESHOLDS[t]: prefix sums of the sorted row."""
+    row = _SIGMA_ROWS.get(srt)
+    if row is None:
+        arr = np.array(srt, dtype=np.int64)
+        prefix = np.concatenate(([0], np.cumsum(arr)))
+        row = prefix[np.searchsorted(arr, THRESHOLDS, side="left")]
+        row.flags.writeable = False
+        if len(_SIGMA_ROWS) >= _SIGMA_ROWS_MAX:
+            _SIGMA_ROWS.clear()
+        _SIGMA_ROWS[srt] = row
+    return row
+
 
 class ClusterState:
     def __init__(self, node_capacity: int = 64, gpu_slots: int = 8) -> None:
@@ -254,15 +272,15 @@ class ClusterState:
     n_has_mig: B
 
     def _refresh(self, i: int) -> None:
-        usable = self.g_usable[i]
-        free = np.where(usable, self.g_free_milli[i], 0)
-        self.n_free_whole[i] = int(((free >= MILLI) & ~self.g_blocked[i]).sum())
-        srt = np.sort(free)
-        self.n_free_milli[i] = int(srt.sum())
-        self.n_max_frac[i] = int(srt[-1]) if srt.size else 0
-        # sigma[t] = sum of free values < THRESHOLDS[t]: prefix sums of the sorted row
-        prefix = np.concatenate(([0], np.cumsum(srt)))
-        self.n_sigma[i] = prefix[np.searchsorted(srt, THRESHOLDS, side="left")]
+        # one row of at most a few GPUs: Python ints beat a dozen numpy calls on 8-element arrays
+        free = [f if u else 0 for f, u in zip(self.g_free_milli[i].tolist(), self.g_usable[i].tolist(), strict=True)]
+        self.n_free_whole[i] = sum(
+            1 for f, b in zip(free, self.g_blocked[i].tolist(), strict=True) if f >= MILLI and not b
+        )
+        free.sort()
+        self.n_free_milli[i] = sum(free)
+        self.n_max_frac[i] = free[-1] if free else 0
+        self.n_sigma[i] = _sigma_row(tuple(free))
         slots_of = self.mig_slots[i]
         if not self.n_has_mig[i]:
             self.version += 1
@@ -388,10 +406,12 @@ class ClusterState:
         return (int(i) for i in np.flatnonzero(self.n_alive[: self.n]))
 
     # ------------------------------------------------------------------ accounting
-    def _apply(self, alloc: Alloc, sign: int) -> None:
+    def _apply(self, alloc: Alloc, sign: int, refresh: bool = True) -> int | None:
+        """Add (sign +1) or remove an allocation on its node; returns the node slot (None: node gone).
+        ``refresh=False`` leaves the node's derived columns to the caller's :meth:`_refresh`."""
         i = self.index.get(alloc.node)
         if i is None:
-            return
+            return None
         for d in alloc.devices:
             if not 0 <= d.col < int(self.n_gpus[i]):
                 continue  # a GPU the node no longer reports
@@ -403,7 +423,9 @@ class ClusterState:
                         s.used = sign > 0
         self.n_free_cpu[i] -= sign * alloc.cpu_milli
         self.n_free_mem[i] -= sign * alloc.memory_mib
-        self._refresh(i)
+        if refresh:
+            self._refresh(i)
+        return i
 
     def _usage(self, team: str, model_milli: dict[str, int], sign: int) -> None:
         for model, milli in model_milli.items():
@@ -525,17 +547,25 @@ class ClusterState:
         del undo[start:]
         if to_mark is None:
             self._undo = None
+        # derived columns are a function of the row alone: recompute each touched node once at the end
+        touched: set[int] = set()
         for u in reversed(tail):
             if isinstance(u, _UndoRelease):
                 for a in u.bound.allocs:
-                    self._apply(a, +1)
+                    i = self._apply(a, +1, refresh=False)
+                    if i is not None:
+                        touched.add(i)
                 self._usage(u.bound.team, u.bound.model_milli, +1)
             elif isinstance(u, _UndoAlloc):
-                self._apply(u.alloc, -1)
+                i = self._apply(u.alloc, -1, refresh=False)
+                if i is not None:
+                    touched.add(i)
                 self._usage(u.team, u.model_milli, -1)
             else:
                 self.g_blocked[u.i, u.col] = False
-                self._refresh(u.i)
+                touched.add(u.i)
+        for i in sorted(touched):
+            self._refresh(i)
 
     # ------------------------------------------------------------------ compact views
     # the rows filters and scores read (MIG, gangs and per-model quotas never use compact views)
@@ -546,18 +576,10 @@ class ClusterState:
     )  # fmt: skip
 
     def rows(self, idx: I64) -> ClusterState:
-        """A read-only copy of the rows ``idx`` (node slots renumbered 0..len-1) for filtering and scoring a few
-        nodes without touching fleet-sized arrays. Interners and team usage are shared."""
-        view = object.__new__(ClusterState)
-        for name in self._ROW_ARRAYS:
-            setattr(view, name, getattr(self, name)[idx])
-        view.n = len(idx)
-        view._cap = len(idx)
-        view.G = self.G
-        view.models, view.regions, view.zones, view.providers = self.models, self.regions, self.zones, self.providers
-        view.team_milli, view.team_model_milli = self.team_milli, self.team_model_milli
-        view.mig_free = {}
-        return view
+        """A read-only view of the rows ``idx`` (node slots renumbered 0..len-1) for filtering and scoring a few
+        nodes without touching fleet-sized arrays; each array is indexed on first use (a contiguous ``idx``
+        gives slices, no copies). Interners and team usage are shared."""
+        return _Rows(self, idx)
 
     # ------------------------------------------------------------------ summaries
     def capacity_milli(self) -> int:
@@ -568,3 +590,34 @@ class ClusterState:
         n = self.n
         valid = self.g_valid[:n]
         return int((MILLI - self.g_free_milli[:n])[valid].sum())
+
+
+_ROW_ARRAY_NAMES = frozenset(ClusterState._ROW_ARRAYS)
+
+
+class _Rows(ClusterState):
+    """:meth:`ClusterState.rows`: the parent's row arrays indexed by ``idx`` lazily, on first attribute use."""
+
+    def __init__(self, parent: ClusterState, idx: I64) -> None:  # no super().__init__: a view, not a state
+        n = len(idx)
+        lo = int(idx[0]) if n else 0
+        self._parent = parent
+        self._sel: I64 | slice = slice(lo, lo + n) if n and int(idx[-1]) - lo + 1 == n else idx
+        self.n = n
+        self._cap = n
+        self.G = parent.G
+        self.models, self.regions, self.zones, self.providers = (
+            parent.models,
+            parent.regions,
+            parent.zones,
+            parent.providers,
+        )
+        self.team_milli, self.team_model_milli = parent.team_milli, parent.team_model_milli
+        self.mig_free = {}
+
+    def __getattr__(self, name: str) -> npt.NDArray[np.generic]:
+        if name not in _ROW_ARRAY_NAMES:
+            raise AttributeError(name)
+        arr: npt.NDArray[np.generic] = getattr(self._parent, name)[self._sel]
+        setattr(self, name, arr)
+        return arr

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from gpufleet.coordinator.scheduler.framework import I64, CycleState, Options
+from gpufleet.coordinator.scheduler.framework import I64, B, CycleState, Options
 from gpufleet.coordinator.scheduler.mix import F64
 from gpufleet.coordinator.scheduler.request import KIND_MIG, MILLI, Request
 
@@ -30,6 +30,7 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
     st = cycle.state
     mix = cycle.mix
     w = mix.weight
+    k, kpos, need_cpu, w_row = _mix_rows(cycle)
     if len(opts) and opts.node[0] == opts.node[-1]:  # one node (options come sorted by node)
         nodes_u, inv = opts.node[:1], np.zeros(len(opts), dtype=np.int64)
     else:
@@ -37,33 +38,50 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
     s = st.n_free_milli[nodes_u].astype(np.float64)
     cpu = st.n_free_cpu[nodes_u]
     whole = st.n_free_whole[nodes_u]
-    sig = st.n_sigma[nodes_u][:, mix.column].astype(np.float64)  # (U, M)
-    k = mix.gpus[None, :]
-    need_cpu = mix.cpu[None, :]
-    inf_b = (cpu[:, None] < need_cpu) | ((k > 0) & (whole[:, None] < k))
+    sig = st.n_sigma[nodes_u[:, None], mix.column].astype(np.float64)  # (U, M)
+    inf_b = (cpu[:, None] < need_cpu) | (kpos & (whole[:, None] < k))
     cpu_short = (cpu - req.cpu_milli)[:, None] < need_cpu
     if req.kind != "fraction":
         d = req.gpus * MILLI
-        inf_a = cpu_short | ((k > 0) & ((whole - req.gpus)[:, None] < k))
+        inf_a = cpu_short | (kpos & ((whole - req.gpus)[:, None] < k))
         term = np.where(inf_b, -float(d), np.where(inf_a, s[:, None] - d - sig, 0.0))
         node_delta: F64 = term @ w + _cpu_strand(cycle, req, s, cpu, d)
         return node_delta[inv]
     d = req.milli_per_gpu
     f = st.g_free_milli[opts.node, opts.col]
     # two node variants: the chosen GPU was idle (one fewer idle GPU after) or already shared
-    out = np.empty(len(opts), dtype=np.float64)
     gtab = _gpu_table(cycle, d)
+    n_idle = int(np.count_nonzero(f >= MILLI))
+    if n_idle == 0 or n_idle == len(f):  # one variant for every option: no selection needed
+        idle = n_idle > 0
+        inf_a = cpu_short | (kpos & ((whole - int(idle))[:, None] < k))
+        node_term: F64 = np.where(inf_b, -float(d), np.where(inf_a, s[:, None] - d - sig, 0.0)) @ w
+        wfeas = np.where(inf_a, 0.0, w_row)  # (U, M)
+        out: F64 = node_term[inv] + np.einsum("cm,cm->c", wfeas[inv], gtab[f])
+        return out + _cpu_strand(cycle, req, s, cpu, d)[inv]
+    out = np.empty(len(opts), dtype=np.float64)
     for idle in (False, True):
         sel = (f >= MILLI) if idle else (f < MILLI)
-        if not sel.any():
-            continue
-        inf_a = cpu_short | ((k > 0) & ((whole - int(idle))[:, None] < k))
-        node_term: F64 = np.where(inf_b, -float(d), np.where(inf_a, s[:, None] - d - sig, 0.0)) @ w
-        wfeas = np.where(inf_a, 0.0, w[None, :])  # (U, M)
+        inf_a = cpu_short | (kpos & ((whole - int(idle))[:, None] < k))
+        node_term = np.where(inf_b, -float(d), np.where(inf_a, s[:, None] - d - sig, 0.0)) @ w
+        wfeas = np.where(inf_a, 0.0, w_row)  # (U, M)
         rows = inv[sel]
         gpu_term = np.einsum("cm,cm->c", wfeas[rows], gtab[f[sel]])
         out[sel] = node_term[rows] + gpu_term
     return out + _cpu_strand(cycle, req, s, cpu, d)[inv]
+
+
+def _mix_rows(cycle: CycleState) -> tuple[I64, B, I64, F64]:
+    """The mix's class vectors as (1, M) rows (gpus, gpus > 0, cpu, weight); cached with the classes."""
+    got = cycle.notes.get("frag_mix_rows")
+    mix = cycle.mix
+    if isinstance(got, tuple) and got[0] is mix:
+        rows: tuple[I64, B, I64, F64] = got[1]
+        return rows
+    k = mix.gpus[None, :]
+    rows = (k, k > 0, mix.cpu[None, :], mix.weight[None, :])
+    cycle.notes["frag_mix_rows"] = (mix, rows)
+    return rows
 
 
 def _cpu_strand(cycle: CycleState, req: Request, s: F64, cpu: I64, d: int) -> F64:

@@ -6,6 +6,7 @@ MIG-enabled GPU could be re-laid-out (never touching slices in use).
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 from gpufleet.common import gpu_models
@@ -15,6 +16,7 @@ from gpufleet.coordinator.scheduler.request import KIND_MIG, Request
 from gpufleet.coordinator.scheduler.types import SKIP, SUCCESS, Result, Status
 
 
+@functools.lru_cache(maxsize=1024)
 def models_with_profile(profile: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(
         m.name
@@ -39,9 +41,13 @@ class Mig:
                 + (f" among {'|'.join(req.models)}" if req.models else ""),
                 self.name,
             )
-        mm = model_mask(st, models)
-        assert mm is not None
-        mig = st.g_valid[:n] & st.g_mig[:n] & st.g_healthy[:n] & mm & cand.node[:, None]
+        key = ("Mig", req.mig_profile, req.models)
+        static = cycle.memo.get(key)
+        if static is None or len(static) != n:
+            mm = model_mask(st, models)
+            assert mm is not None
+            static = cycle.memo[key] = st.g_valid[:n] & st.g_mig[:n] & st.g_healthy[:n] & mm
+        mig = static & cand.node[:, None]
         if cand.narrow(mig.any(axis=1), f"lack MIG-enabled {'|'.join(models)} GPUs") == 0:
             return Result(Status.UNSCHEDULABLE, "no ready node has a MIG-enabled GPU for the profile", self.name)
         free = st.mig_free_array(req.mig_profile)[:n]
