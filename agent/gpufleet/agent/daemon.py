@@ -35,6 +35,7 @@ from gpufleet.agent.jobs.manager import JobManager
 from gpufleet.agent.local_state import JobRecord, LocalState
 from gpufleet.common.clock import Clock, SystemClock
 from gpufleet.common.errors import GpuFleetError, InvalidInputError, Problem
+from gpufleet.common.systemd import sd_notify, watchdog_interval_s
 from gpufleet.proto.v1 import agent_pb2 as apb
 from gpufleet.proto.v1 import types_pb2 as pb
 
@@ -56,23 +57,6 @@ def default_address() -> str:
             if a.family == socket.AF_INET and not a.address.startswith("127."):
                 return a.address
     return "127.0.0.1"
-
-
-def sd_notify(message: str) -> bool:
-    """Tell systemd (Type=notify) about readiness / watchdog; a no-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET", "")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(address)
-            s.sendall(message.encode())
-    except OSError as e:
-        log.warning("cannot notify systemd at %s: %s", address, e)
-        return False
-    return True
 
 
 class AgentDaemon:
@@ -184,12 +168,12 @@ class AgentDaemon:
 
     async def _watchdog_loop(self) -> None:
         """Ping systemd's watchdog (WatchdogSec=) from the event loop, so a stuck loop gets the agent restarted."""
-        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        if usec <= 0:
+        interval = watchdog_interval_s()
+        if not interval:
             return
         while True:
             sd_notify("WATCHDOG=1")
-            await asyncio.sleep(usec / 2e6)
+            await asyncio.sleep(interval)
 
     async def _interruption_loop(self) -> None:
         """Forward cloud interruption notices; they are re-sent after every (re-)registration until the

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 
@@ -18,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gpufleet.common.errors import GpuFleetError
+from gpufleet.common.systemd import sd_notify, watchdog_interval_s
 from gpufleet.coordinator.app import Coordinator
 from gpufleet.coordinator.autoscaling import attach_autoscaler
 from gpufleet.coordinator.config import CoordinatorSettings
@@ -128,24 +128,13 @@ class CoordinatorServer:
             await self.store.close()
 
 
-def sd_notify(state: str) -> None:
-    """Tell systemd (Type=notify units) about our state; a no-op outside systemd."""
-    path = os.environ.get("NOTIFY_SOCKET", "")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(state.encode(), path)
-
-
 async def _watchdog() -> None:
-    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-    if not usec:
+    interval = watchdog_interval_s()
+    if not interval:
         return
     while True:  # pings only while the event loop runs
         sd_notify("WATCHDOG=1")
-        await asyncio.sleep(usec / 2_000_000)
+        await asyncio.sleep(interval)
 
 
 async def run_server(settings: CoordinatorSettings, store: ClusterStore) -> None:
