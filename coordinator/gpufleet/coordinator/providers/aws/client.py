@@ -21,7 +21,18 @@ class AwsClientSettings:
     read_timeout_s: float = 30.0
 
 
-def ec2_client(region: str, settings: AwsClientSettings) -> Any:
+def aws_client(
+    service: str,
+    region: str,
+    settings: AwsClientSettings,
+    *,
+    endpoint_url: str | None = None,
+    max_attempts: int = 1,
+) -> Any:
+    """A boto3 client for ``service`` ("ec2", "pricing"); ``endpoint_url`` overrides ``settings.endpoint_url``.
+
+    ``max_attempts`` is 1 for calls our own retry decorator wraps (providers/decorators.py); a batch job such as
+    a price refresh may let botocore ride out throttling instead."""
     import boto3
     from botocore.config import Config
 
@@ -32,11 +43,17 @@ def ec2_client(region: str, settings: AwsClientSettings) -> Any:
         profile_name=settings.profile,
     )
     config = Config(
-        retries={"total_max_attempts": 1, "mode": "standard"},  # retries are ours (providers/decorators.py)
+        retries={"total_max_attempts": max_attempts, "mode": "standard"},
         connect_timeout=settings.connect_timeout_s,
         read_timeout=settings.read_timeout_s,
     )
-    return session.client("ec2", region_name=region, endpoint_url=settings.endpoint_url, config=config)
+    return session.client(
+        service, region_name=region, endpoint_url=endpoint_url or settings.endpoint_url, config=config
+    )
+
+
+def ec2_client(region: str, settings: AwsClientSettings) -> Any:
+    return aws_client("ec2", region, settings)
 
 
 def vendor_errors() -> tuple[type[BaseException], ...]:

@@ -11,9 +11,9 @@
 
 Shapes (GPUs, vCPUs, memory) and regions stay those of the built-in data file; a type/region/market the API does
 not price keeps its dated price. Any API failure raises a typed error (``ProviderUnavailableError`` and friends,
-through providers/aws/errors.py) and ``build_catalog`` keeps the data file. boto3 is imported lazily, inside
-``_client``; credentials come from boto3's normal chain unless given. The Price List API lives in ``us-east-1``
-(also ``eu-central-1``, ``ap-south-1``): ``pricing_region``.
+through providers/aws/errors.py) and ``build_catalog`` keeps the data file. boto3 is imported lazily by
+``client.py`` (the only module that imports it); credentials come from boto3's normal chain unless given.
+The Price List API lives in ``us-east-1`` (also ``eu-central-1``, ``ap-south-1``): ``pricing_region``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from gpufleet.common.errors import InvalidInputError, Problem, ProviderUnavailableError
-from gpufleet.coordinator.providers.aws.client import AwsClientSettings
+from gpufleet.coordinator.providers.aws.client import AwsClientSettings, aws_client
 from gpufleet.coordinator.providers.aws.errors import mapped
 from gpufleet.coordinator.providers.catalog import InstanceType, ProviderCatalog, RegionPrice, load_builtin
 
@@ -121,23 +121,9 @@ class AwsPricing:
         self.page_size = page_size
 
     def _client(self, service: str, region: str, endpoint_url: str | None) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        s = self.client
         with mapped(f"{service} client"):
-            session = boto3.session.Session(
-                aws_access_key_id=s.access_key_id,
-                aws_secret_access_key=s.secret_access_key,
-                aws_session_token=s.session_token,
-                profile_name=s.profile,
-            )
-            config = Config(
-                retries={"total_max_attempts": 3, "mode": "standard"},  # a refresh is a batch job: ride out throttling
-                connect_timeout=s.connect_timeout_s,
-                read_timeout=s.read_timeout_s,
-            )
-            return session.client(service, region_name=region, endpoint_url=endpoint_url, config=config)
+            # a refresh is a batch job: let botocore ride out throttling
+            return aws_client(service, region, self.client, endpoint_url=endpoint_url, max_attempts=3)
 
     def _on_demand(self, pricing: Any, instance_type: str, region: str) -> int | None:
         filters = {**BASE_FILTERS, "instanceType": instance_type, "regionCode": region}
