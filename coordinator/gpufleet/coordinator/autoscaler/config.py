@@ -88,6 +88,23 @@ class AutoscalerConfig(_Strict):
     backoff_initial_s: float = Field(default=30.0, gt=0)
     backoff_max_s: float = Field(default=900.0, gt=0)
     max_launches_per_pass: int = Field(default=50, gt=0)
+    pricing: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Live price sources to refresh the catalog from, by cloud (``aws``, ``gcp``, ``azure``) with that source's
+    settings, e.g. ``[autoscaler.pricing.gcp] api_key = "..."``; empty: the dated data files only. A source that
+    fails keeps that cloud's dated prices (and says why in the log)."""
+    price_refresh_s: int = Field(default=6 * 3600, gt=0)
+    """How often the leader refreshes prices from ``pricing`` (also once when it starts leading)."""
+
+    @field_validator("pricing")
+    @classmethod
+    def _pricing(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from gpufleet.coordinator.providers.catalog.pricing import LIVE_SOURCES
+
+        unknown = sorted(set(v) - set(LIVE_SOURCES))
+        if unknown:
+            raise ValueError(f"no live pricing for {', '.join(unknown)}; known: {', '.join(LIVE_SOURCES)}")
+        return v
+
     max_hourly_spend_micros: int = Field(default=0, ge=0)
     """Ceiling on the whole autoscaled fleet's hourly price; 0 = none."""
     verify_with_scheduler_max_jobs: int = Field(default=2000, ge=0)

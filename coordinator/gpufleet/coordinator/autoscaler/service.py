@@ -32,7 +32,8 @@ from gpufleet.coordinator.autoscaler.storage import (
     MemoryInstanceStorage,
     StoreInstanceStorage,
 )
-from gpufleet.coordinator.providers.catalog import Catalog
+from gpufleet.coordinator.providers.catalog import BUILTIN_PROVIDERS, Catalog
+from gpufleet.coordinator.providers.catalog.pricing import DataFilePricing, PricingSource, build_catalog, live_pricing
 from gpufleet.coordinator.providers.registry import ProviderRegistry, create_provider
 from gpufleet.coordinator.store import ClusterStore
 from gpufleet.proto.v1 import agent_pb2 as apb
@@ -66,6 +67,7 @@ class Autoscaler:
             clock=clock or SystemClock(),
         )
         self._task: asyncio.Task[None] | None = None
+        self._prices_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one pass or interruption at a time
         self.passes = 0
 
@@ -77,11 +79,41 @@ class Autoscaler:
         if enabled and not self.enabled:
             await self.reconciler.load()
             self._task = asyncio.create_task(self._loop(), name="autoscaler")
+            if self.config.pricing:
+                self._prices_task = asyncio.create_task(self._price_loop(), name="autoscaler-prices")
         elif not enabled and self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            for task in (self._task, self._prices_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            self._task = self._prices_task = None
+
+    def use_catalog(self, catalog: Catalog) -> None:
+        """Plan with ``catalog`` from the next pass on (e.g. after a price refresh)."""
+        validate_against(self.config, catalog)
+        self.catalog = catalog
+        self.reconciler.catalog = catalog
+        self.reconciler.planner.catalog = catalog
+
+    async def refresh_prices(self) -> Catalog:
+        """Rebuild the catalog from the configured live sources (dated data for the other clouds) and use it."""
+        sources: list[PricingSource] = [live_pricing(p, s) for p, s in self.config.pricing.items()]
+        live = {s.provider for s in sources}
+        sources += [DataFilePricing(p) for p in BUILTIN_PROVIDERS if p not in live]
+        catalog = await build_catalog(sources)
+        async with self._lock:
+            self.use_catalog(catalog)
+        return catalog
+
+    async def _price_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh_prices()
+                log.info("autoscaler: prices refreshed from %s", ", ".join(self.config.pricing))
+            except GpuFleetError as e:  # e.g. the refreshed catalog no longer offers a pool's instance type
+                log.warning("autoscaler: price refresh not used: %s", e)
+            await asyncio.sleep(self.config.price_refresh_s)
 
     async def run_once(self) -> list[Action]:
         async with self._lock:
