@@ -152,7 +152,8 @@ class PlacedInstance:
         return range(self.start, self.start + self.profile.memory_slices)
 
 
-def _compatible(placed: Sequence[PlacedInstance], candidate: PlacedInstance) -> bool:
+def compatible(placed: Sequence[PlacedInstance], candidate: PlacedInstance) -> bool:
+    """Whether ``candidate`` can join ``placed``: no shared memory slice, compute and per-profile limits hold."""
     used = {s for p in placed for s in p.slices}
     if used.intersection(candidate.slices):
         return False
@@ -167,7 +168,7 @@ def find_start(model: GpuModel, placed: Sequence[PlacedInstance], profile_name: 
     """The first allowed start for one more instance of ``profile_name`` next to ``placed``, or None."""
     profile = model.profile(profile_name)
     for start in profile.placements:
-        if _compatible(placed, PlacedInstance(profile, start)):
+        if compatible(placed, PlacedInstance(profile, start)):
             return start
     return None
 
@@ -198,6 +199,20 @@ def plan_layout(model: GpuModel | str, profile_names: Iterable[str]) -> list[Pla
         limit = gpu.profile(name).max_instances
         if count > limit:
             raise InvalidInputError(Problem("profiles", f"at most {limit} x {name} fit on a {gpu.name}, not {count}"))
+    result = search_placement(profiles)
+    if result is None:
+        raise InvalidInputError(
+            Problem("profiles", f"no valid placement of {', '.join(names)} on a {gpu.name} (placement rules)")
+        )
+    return sorted(result, key=lambda p: p.start)
+
+
+def search_placement(
+    profiles: Sequence[MigProfile], fixed: Sequence[PlacedInstance] = ()
+) -> list[PlacedInstance] | None:
+    """Place ``profiles`` next to the ``fixed`` instances (which do not move); returns the new placements, or
+    None when none exists. Larger instances go first and the search backtracks, so any layout the placement
+    rules allow is found."""
     order = sorted(profiles, key=lambda p: (-p.memory_slices, -p.compute_slices, p.name))
 
     def search(i: int, placed: list[PlacedInstance]) -> list[PlacedInstance] | None:
@@ -205,15 +220,11 @@ def plan_layout(model: GpuModel | str, profile_names: Iterable[str]) -> list[Pla
             return placed
         for start in order[i].placements:
             cand = PlacedInstance(order[i], start)
-            if _compatible(placed, cand):
+            if compatible(placed, cand):
                 found = search(i + 1, [*placed, cand])
                 if found is not None:
                     return found
         return None
 
-    result = search(0, [])
-    if result is None:
-        raise InvalidInputError(
-            Problem("profiles", f"no valid placement of {', '.join(names)} on a {gpu.name} (placement rules)")
-        )
-    return sorted(result, key=lambda p: p.start)
+    result = search(0, list(fixed))
+    return None if result is None else result[len(fixed) :]

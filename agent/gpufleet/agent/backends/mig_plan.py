@@ -2,7 +2,7 @@
 
 Both backends use this: the target layout is checked against the model's profile table first
 (:func:`gpufleet.common.gpu_models.plan_layout`, for clear errors), then placed around the instances that
-are kept (in use, or reused so their UUIDs stay the same) with the same backtracking search.
+are kept (in use, or reused so their UUIDs stay the same) with the same search (``search_placement``).
 """
 
 from __future__ import annotations
@@ -11,22 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from gpufleet.common.errors import InvalidInputError, Problem
-from gpufleet.common.gpu_models import (
-    MIG_COMPUTE_SLICES,
-    GpuModel,
-    PlacedInstance,
-    plan_layout,
-)
-
-
-def _fits(placed: Sequence[PlacedInstance], cand: PlacedInstance) -> bool:
-    used = {s for p in placed for s in p.slices}
-    if used.intersection(cand.slices):
-        return False
-    if sum(p.profile.compute_slices for p in placed) + cand.profile.compute_slices > MIG_COMPUTE_SLICES:
-        return False
-    same = sum(1 for p in placed if p.profile.name == cand.profile.name)
-    return same < cand.profile.max_instances
+from gpufleet.common.gpu_models import GpuModel, PlacedInstance, plan_layout, search_placement
 
 
 def place_around(model: GpuModel, fixed: Sequence[PlacedInstance], profiles: Sequence[str]) -> list[PlacedInstance]:
@@ -34,20 +19,7 @@ def place_around(model: GpuModel, fixed: Sequence[PlacedInstance], profiles: Seq
 
     Raises InvalidInputError when no placement exists that leaves ``fixed`` untouched.
     """
-    todo = sorted((model.profile(n) for n in profiles), key=lambda p: (-p.memory_slices, -p.compute_slices, p.name))
-
-    def search(i: int, placed: list[PlacedInstance]) -> list[PlacedInstance] | None:
-        if i == len(todo):
-            return placed
-        for start in todo[i].placements:
-            cand = PlacedInstance(todo[i], start)
-            if _fits(placed, cand):
-                found = search(i + 1, [*placed, cand])
-                if found is not None:
-                    return found
-        return None
-
-    result = search(0, list(fixed))
+    result = search_placement([model.profile(n) for n in profiles], fixed)
     if result is None:
         kept = ", ".join(f"{p.profile.name}@{p.start}" for p in fixed)
         raise InvalidInputError(
@@ -57,7 +29,7 @@ def place_around(model: GpuModel, fixed: Sequence[PlacedInstance], profiles: Seq
                 "stop the jobs on those slices or choose a layout that keeps them",
             )
         )
-    return sorted(result[len(fixed) :], key=lambda p: p.start)
+    return sorted(result, key=lambda p: p.start)
 
 
 def plan_relayout(
