@@ -10,6 +10,7 @@ leader-only subsystem, and the fake provider starting real simulated agents as l
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,15 +21,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gpufleet.coordinator.autoscaler.config import AutoscalerConfig, NodePoolConfig
+from gpufleet.coordinator.autoscaler.config import NodePoolConfig
 from gpufleet.coordinator.autoscaler.instance import InstanceStatus
-from gpufleet.coordinator.autoscaler.reconciler import ClusterPorts
 from gpufleet.coordinator.autoscaler.service import Autoscaler
-from gpufleet.coordinator.autoscaler.storage import StoreInstanceStorage
 from gpufleet.coordinator.config import CoordinatorSettings
-from gpufleet.coordinator.providers.catalog import Catalog
-from gpufleet.coordinator.providers.fake import FakeAgentSettings, FakeProvider
-from gpufleet.coordinator.providers.registry import ProviderRegistry
+from gpufleet.coordinator.providers.fake import FakeProvider
 from gpufleet.coordinator.server import CoordinatorServer
 from gpufleet.coordinator.store import open_store
 from gpufleet.proto.v1 import agent_pb2 as apb
@@ -75,41 +72,43 @@ class Setup:
         return await self.jobs.GetJob(jpb.GetJobRequest(id=job_id), timeout=5)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _unwrap(provider: object) -> FakeProvider:
+    """The FakeProvider under the registry's metering/retry decorators."""
+    while not isinstance(provider, FakeProvider):
+        provider = provider.inner  # type: ignore[attr-defined]
+    return provider
+
+
 @asynccontextmanager
 async def running(tmp_path: Path, pool: NodePoolConfig) -> AsyncIterator[Setup]:
+    # wired exactly as an operator configures it: [autoscaler] pools and [providers.fake] in the coordinator's
+    # settings, built by CoordinatorServer (autoscaling.attach_autoscaler), not by hand
+    address = f"127.0.0.1:{_free_port()}"
     settings = CoordinatorSettings(
         state_dir=tmp_path / "coord",
-        server={"listen": "127.0.0.1:0"},  # type: ignore[arg-type]
+        server={"listen": address},  # type: ignore[arg-type]
         scheduling={"tick_s": 0.5},  # type: ignore[arg-type]
         agents={"status_interval_ms": 200, "resync_interval_s": 0.5},  # type: ignore[arg-type]
+        autoscaler={
+            "pools": [pool.model_dump(mode="json")],
+            "interval_s": 0.5,
+            "pending_grace_s": 0,
+            "boot_timeout_s": 60,
+            "new_node_grace_s": 30,
+        },
+        providers={"fake": {"coordinator": address, "state_root": str(tmp_path / "agents")}},
     )
     store = open_store("embedded", tmp_path / "coord")
     server = CoordinatorServer(settings, store)
-    c = server.coordinator
-    cloud = FakeProvider(agent=FakeAgentSettings(server.address, tmp_path / "agents"))
-
-    async def cordon(node: str, reason: str) -> None:
-        await c.nodes.cordon(node, reason)
-
-    async def drain(node: str, reason: str, deadline_ms: int) -> None:
-        await c.nodes.drain(node, max(1, (deadline_ms - c.clock.now_ms()) // 1000), reason)
-
-    ports = ClusterPorts(
-        nodes=lambda: list(c.view.nodes.values()),
-        pending_jobs=lambda: c.view.jobs_in(pb.JOB_STATE_PENDING),
-        running_jobs=lambda: c.view.jobs_in(pb.JOB_STATE_SCHEDULED, pb.JOB_STATE_RUNNING),
-        cordon=cordon,
-        drain=drain,
-    )
-    config = AutoscalerConfig(pools=[pool], interval_s=0.5, pending_grace_s=0, boot_timeout_s=60, new_node_grace_s=30)
-    scaler = Autoscaler(
-        config,
-        ProviderRegistry([cloud]),
-        ports,
-        catalog=Catalog.builtin(["fake"]),
-        storage=StoreInstanceStorage(store, c.elector.leader_txn),
-    )
-    c.add_leader_subsystem(scaler)
+    scaler = server.autoscaler
+    assert scaler is not None, "the [autoscaler] section did not build an autoscaler"
+    cloud = _unwrap(scaler.reconciler.providers.get("fake"))
     stop = asyncio.Event()
     serving = asyncio.create_task(server.serve(stop))
     channel = grpc.aio.insecure_channel(server.address)
