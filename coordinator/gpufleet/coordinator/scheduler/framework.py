@@ -103,6 +103,17 @@ class Profile:
     node_local_scores: bool = True
 
 
+def sorted_runs(a: I64) -> tuple[I64, I64, B]:
+    """For a sorted array: (its distinct values, the index of each one's first occurrence, the run-start
+    flags), the values ``np.unique(a, return_index=True)`` gives, without its sort (options come sorted by
+    node). ``np.cumsum(flags) - 1`` is the inverse."""
+    flags = np.empty(len(a), dtype=np.bool_)
+    flags[:1] = True
+    np.not_equal(a[1:], a[:-1], out=flags[1:])
+    first = np.flatnonzero(flags)
+    return a[first], first, flags
+
+
 def normalize(raw: npt.NDArray[np.float64] | I64, higher_is_better: bool = True) -> I64:
     """Min-max scale to integers 0..MAX_SCORE (all equal -> all MAX_SCORE)."""
     if raw.size == 0:

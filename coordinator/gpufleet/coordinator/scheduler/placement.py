@@ -37,12 +37,13 @@ def options(req: Request, cand: Candidates) -> Options:
 
 def pick_whole(st: ClusterState, i: int, fits: B, k: int) -> list[int]:
     """k idle GPU columns on node i, preferring one NUMA node and NVLink peers."""
-    free = [int(c) for c in np.flatnonzero(fits)]
+    free: list[int] = np.flatnonzero(fits).tolist()
     if k >= len(free):
         return free[:k]
     groups: dict[int, list[int]] = {}
+    numa: list[int] = st.g_numa[i].tolist()
     for c in free:
-        groups.setdefault(int(st.g_numa[i, c]), []).append(c)
+        groups.setdefault(numa[c], []).append(c)
     # best fit: the smallest NUMA group that holds all k, so larger groups stay whole for larger jobs
     fitting = sorted((len(g), numa) for numa, g in groups.items() if len(g) >= k)
     pool = groups[fitting[0][1]] if fitting else free
@@ -75,11 +76,14 @@ def member(st: ClusterState, req: Request, i: int, col: int, fits: B | None, mps
     idx = st.gpu_index[i]
     uuids = st.gpu_uuid[i]
 
+    row_model: list[int] = st.g_model[i].tolist()
+    row_total: list[int] = st.g_total_mib[i].tolist()
+
     def model_of(c: int) -> str:
-        return st.models.names[int(st.g_model[i, c])]
+        return st.models.names[row_model[c]]
 
     if req.kind == KIND_FRACTION:
-        total = int(st.g_total_mib[i, col])
+        total = row_total[col]
         mib = req.mem_mib or total * req.milli_per_gpu // MILLI
         mode = pb.SHARING_MODE_MPS if mps else pb.SHARING_MODE_SHARED
         devices.append(
@@ -112,7 +116,7 @@ def member(st: ClusterState, req: Request, i: int, col: int, fits: B | None, mps
     elif req.kind != KIND_CPU:
         row = fits[i] if fits is not None else whole_fits_row(st, req, i)
         for c in pick_whole(st, i, row, req.gpus):
-            total = int(st.g_total_mib[i, c])
+            total = row_total[c]
             devices.append(
                 pb.DeviceAssignment(
                     gpu_index=idx[c],

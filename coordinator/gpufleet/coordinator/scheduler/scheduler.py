@@ -18,7 +18,7 @@ import numpy as np
 from gpufleet.common.errors import InvalidInputError
 from gpufleet.coordinator.scheduler import mig_relayout, placement, preemption, queue
 from gpufleet.coordinator.scheduler.config import SchedulerConfig
-from gpufleet.coordinator.scheduler.framework import I64, B, Candidates, CycleState, Options, Profile
+from gpufleet.coordinator.scheduler.framework import I64, B, Candidates, CycleState, Options, Profile, sorted_runs
 from gpufleet.coordinator.scheduler.mix import MixClasses, WorkloadMix
 from gpufleet.coordinator.scheduler.placement import Member
 from gpufleet.coordinator.scheduler.plugins.constraints import PlacementConstraints
@@ -252,7 +252,7 @@ class Scheduler:
             return [placement.member(st, req, int(opts.node[b]), int(opts.col[b]), cand.gpu, mps)]
         # gang: the best option per node, then the best region (a zone holding every member preferred)
         order = np.lexsort((-scores, opts.node))
-        nodes_u, first = np.unique(opts.node[order], return_index=True)
+        nodes_u, first, _ = sorted_runs(opts.node[order])
         best_opt = order[first]
         node_score = scores[best_opt]
         regions = st.n_region[nodes_u]

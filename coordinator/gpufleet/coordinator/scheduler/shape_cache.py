@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpufleet.coordinator.scheduler.framework import I64, B, Candidates, CycleState, Options
+from gpufleet.coordinator.scheduler.framework import I64, B, Candidates, CycleState, Options, sorted_runs
 
 NEG = np.iinfo(np.int64).min // 4
 COMPACT_BELOW = 64
@@ -67,7 +67,7 @@ class ShapeCache:
                     nodes_u, pick = opts.node[:1], np.array([int(np.argmax(scores))])
                 else:
                     order = np.lexsort((-scores, opts.node))
-                    nodes_u, first = np.unique(opts.node[order], return_index=True)
+                    nodes_u, first, _ = sorted_runs(opts.node[order])
                     pick = order[first]
                 target = remap[nodes_u] if remap is not None else nodes_u
                 e.score[target] = scores[pick]

@@ -37,5 +37,5 @@ class BinPack:
 
 
 def _scale(x: npt.NDArray[np.float64]) -> I64:
-    out: I64 = np.rint(np.clip(x, 0.0, 1.0) * MAX_SCORE).astype(np.int64)
+    out: I64 = np.rint(np.minimum(np.maximum(x, 0.0), 1.0) * MAX_SCORE).astype(np.int64)
     return out

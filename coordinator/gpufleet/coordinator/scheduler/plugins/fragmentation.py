@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from gpufleet.coordinator.scheduler.framework import I64, B, CycleState, Options
+from gpufleet.coordinator.scheduler.framework import I64, B, CycleState, Options, sorted_runs
 from gpufleet.coordinator.scheduler.mix import F64
 from gpufleet.coordinator.scheduler.request import KIND_MIG, MILLI, Request
 
@@ -34,11 +34,13 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
     if len(opts) and opts.node[0] == opts.node[-1]:  # one node (options come sorted by node)
         nodes_u, inv = opts.node[:1], np.zeros(len(opts), dtype=np.int64)
     else:
-        nodes_u, inv = np.unique(opts.node, return_inverse=True)
-    s = st.n_free_milli[nodes_u].astype(np.float64)
+        nodes_u, _, runs = sorted_runs(opts.node)
+        inv = np.cumsum(runs) - 1
+    # integer milli (exact in float64): numpy converts them where they meet a float, as astype would
+    s = st.n_free_milli[nodes_u]
     cpu = st.n_free_cpu[nodes_u]
     whole = st.n_free_whole[nodes_u]
-    sig = st.n_sigma[nodes_u[:, None], mix.column].astype(np.float64)  # (U, M)
+    sig = st.n_sigma[nodes_u[:, None], mix.column]  # (U, M)
     inf_b = (cpu[:, None] < need_cpu) | (kpos & (whole[:, None] < k))
     cpu_short = (cpu - req.cpu_milli)[:, None] < need_cpu
     if req.kind != "fraction":
@@ -84,7 +86,7 @@ def _mix_rows(cycle: CycleState) -> tuple[I64, B, I64, F64]:
     return rows
 
 
-def _cpu_strand(cycle: CycleState, req: Request, s: F64, cpu: I64, d: int) -> F64:
+def _cpu_strand(cycle: CycleState, req: Request, s: I64, cpu: I64, d: int) -> F64:
     """Change of the GPU share a node's CPU can no longer feed at the mix's CPU per GPU (FGD looks one pod
     ahead; this looks at the whole remaining node: a node with 4 idle GPUs and CPU for one more pod strands 3)."""
     rho = cycle.mix.gpu_per_cpu
@@ -92,7 +94,9 @@ def _cpu_strand(cycle: CycleState, req: Request, s: F64, cpu: I64, d: int) -> F6
         return np.zeros(len(s), dtype=np.float64)
     before = np.maximum(0.0, s - cpu * rho)
     after = np.maximum(0.0, (s - d) - (cpu - req.cpu_milli) * rho)
-    out: F64 = CPU_STRAND_WEIGHT * (after - before)
+    out: F64 = after - before
+    if CPU_STRAND_WEIGHT != 1.0:  # x * 1.0 == x: skip the multiply at the default weight
+        out = CPU_STRAND_WEIGHT * out
     return out
 
 

@@ -25,5 +25,5 @@ class Spread:
         nodes = opts.node
         cap = np.maximum(st.n_usable[nodes], 1) * MILLI
         free_share = st.n_free_milli[nodes] / cap + st.n_free_cpu[nodes] / np.maximum(st.n_cpu[nodes], 1)
-        out: I64 = np.rint(np.clip(free_share / 2.0, 0.0, 1.0) * MAX_SCORE).astype(np.int64)
+        out: I64 = np.rint(np.minimum(np.maximum(free_share / 2.0, 0.0), 1.0) * MAX_SCORE).astype(np.int64)
         return out
