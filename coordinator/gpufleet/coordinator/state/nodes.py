@@ -126,7 +126,7 @@ class NodeManager:
                         lc.PREEMPTED,
                         now_ms=now,
                         reason=job_rules.DRAINED,
-                        message=f"node {name} drains",
+                        message=f"node {name} drains" + (f": {reason}" if reason else ""),
                         failed=False,
                     )
                     moved.append(victim)
