@@ -50,6 +50,10 @@ class FailedPreconditionError(GpuFleetError):
     """The request is valid but the system is not in a state that allows it (e.g. cancel a finished job)."""
 
 
+class PermissionDeniedError(GpuFleetError):
+    """The caller is not allowed to do this (e.g. an agent with the wrong join token)."""
+
+
 class NotLeaderError(GpuFleetError):
     """A write reached a coordinator that is not the leader. ``leader_address`` says where to go."""
 
@@ -115,6 +119,7 @@ GRPC_CODES: dict[type[GpuFleetError], grpc.StatusCode] = {
     NotFoundError: grpc.StatusCode.NOT_FOUND,
     AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
     FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     NotLeaderError: grpc.StatusCode.FAILED_PRECONDITION,
     IllegalTransitionError: grpc.StatusCode.FAILED_PRECONDITION,
     RevisionConflictError: grpc.StatusCode.ABORTED,

@@ -51,6 +51,7 @@ def _parts(settings: CoordinatorSettings, default_address: str) -> tuple[Any, An
                 Problem(f"autoscaler.bootstrap.{key}", f"unknown setting; valid: {', '.join(sorted(known))}")
             )
     boot.setdefault("coordinators", [default_address] if default_address else [])
+    boot.setdefault("join_token", settings.agents.join_token)  # new nodes join with the token agents must show
     boot["coordinators"] = tuple(boot["coordinators"])
     return config, BootstrapConfig(**boot), dict(settings.providers)
 

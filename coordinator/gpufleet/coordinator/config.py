@@ -67,6 +67,9 @@ class AgentsConfig(_Section):
     grace_period_s: int = Field(default=10, ge=0)
     """SIGTERM -> SIGKILL grace given to agents for stopped jobs."""
     log_timeout_s: float = Field(default=10.0, gt=0)
+    join_token: str = ""
+    """Agents must present this token when they register (agent ``--join-token`` / ``[connection] join_token``);
+    empty: any agent that reaches the coordinator may join. New autoscaled nodes are given it by default."""
 
 
 class SchedulingConfig(_Section):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from gpufleet.common.errors import GpuFleetError, InvalidInputError, NotLeaderError, Problem
+from gpufleet.common.errors import GpuFleetError, InvalidInputError, NotLeaderError, PermissionDeniedError, Problem
 from gpufleet.coordinator.app import Coordinator
 from gpufleet.coordinator.services.errors import abort_with
 from gpufleet.coordinator.state.sessions import AgentSession
@@ -54,6 +55,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             if not first.HasField("register"):
                 raise InvalidInputError(Problem("register", "the first message on the stream must be Register"))
             reg = first.register
+            expected = self.c.settings.agents.join_token
+            if expected and not hmac.compare_digest(reg.join_token.encode(), expected.encode()):
+                log.warning("refused node %r: its join token does not match", reg.inventory.name)
+                raise PermissionDeniedError(
+                    "this agent's join token does not match the coordinator's [agents] join_token; "
+                    "give the agent --join-token (or [connection] join_token in its config)"
+                )
             node = await self.c.nodes.register(reg.inventory)
             name = node.inventory.name
             session = self.c.sessions.open(name, reg.agent_id)
