@@ -38,6 +38,9 @@ class ServerConfig(_Section):
     """Address other replicas, agents and clients use to reach this one (default: the bound listen address)."""
     shutdown_grace_s: float = 2.0
     """How long in-flight RPCs may finish on shutdown."""
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Prometheus ``/metrics`` port (0: off): leader flag, jobs and nodes by state, GPU capacity and allocation."""
+    metrics_host: str = "0.0.0.0"
 
 
 class StoreConfig(_Section):

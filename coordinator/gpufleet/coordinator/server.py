@@ -21,6 +21,7 @@ from gpufleet.common.systemd import sd_notify, watchdog_interval_s
 from gpufleet.coordinator.app import Coordinator
 from gpufleet.coordinator.autoscaling import attach_autoscaler
 from gpufleet.coordinator.config import CoordinatorSettings
+from gpufleet.coordinator.metrics import CoordinatorMetrics
 from gpufleet.coordinator.services.agent_service import AgentServicer
 from gpufleet.coordinator.services.cluster_service import ClusterServicer, CostServicer
 from gpufleet.coordinator.services.job_service import JobServicer
@@ -110,6 +111,13 @@ class CoordinatorServer:
         log.info("coordinator %s listening on %s (store %s)", self.identity, self.address, self.store.kind)
         elector_task = asyncio.create_task(self.coordinator.elector.run(), name="elector")
         health_task = asyncio.create_task(self._watch_store_health(), name="health")
+        metrics_server = None
+        metrics_task: asyncio.Task[None] | None = None
+        if self.settings.server.metrics_port:
+            metrics = CoordinatorMetrics(self.coordinator)
+            metrics_server = metrics.serve(self.settings.server.metrics_port, self.settings.server.metrics_host)
+            metrics_task = asyncio.create_task(metrics.run(), name="metrics")
+            log.info("metrics on %s:%d", self.settings.server.metrics_host, metrics_server.server_port)
         stop_task = asyncio.create_task(stop.wait())
         try:
             done, _ = await asyncio.wait({elector_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -120,9 +128,13 @@ class CoordinatorServer:
             with contextlib.suppress(GpuFleetError, TimeoutError):
                 async with asyncio.timeout(2.0):
                     await self.coordinator.elector.resign()
-            for t in (elector_task, health_task, stop_task):
+            tasks = [t for t in (elector_task, health_task, stop_task, metrics_task) if t is not None]
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(elector_task, health_task, stop_task, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             await self.coordinator.runtime.close()
             await self.server.stop(self.settings.server.shutdown_grace_s)
             await self.store.close()
