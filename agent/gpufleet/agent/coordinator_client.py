@@ -135,12 +135,14 @@ class CoordinatorClient:
     async def _session(self, address: str) -> None:
         timeout = self.config.rpc_timeout_s
         async with grpc.aio.insecure_channel(address) as channel:
-            await asyncio.wait_for(channel.channel_ready(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel
+                await channel.channel_ready()
             stub = agrpc.AgentServiceStub(channel)
             call = stub.Connect()
             try:
                 await call.write(self._wrap(apb.AgentMessage(register=self.peer.register())))
-                first = await asyncio.wait_for(call.read(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel
+                    first = await call.read()
                 if first is grpc.aio.EOF:
                     raise _StreamEndedError(f"{address} closed the stream before acknowledging Register")
                 assert isinstance(first, apb.CoordinatorMessage)
@@ -175,7 +177,8 @@ class CoordinatorClient:
         while True:
             silence = max(_MIN_SILENCE_S, _SILENCE_INTERVALS * self.status_interval_s)
             try:
-                msg = await asyncio.wait_for(call.read(), silence)
+                async with asyncio.timeout(silence):  # not wait_for: on 3.11 it can swallow a cancel
+                    msg = await call.read()
             except TimeoutError:
                 raise _StreamEndedError(f"no message from {address} for {silence:.0f}s") from None
             if msg is grpc.aio.EOF:

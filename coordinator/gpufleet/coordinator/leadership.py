@@ -259,7 +259,8 @@ class LeaderElector:
         if keeper is None:
             return
         try:  # so that followers take over at once rather than after the TTL
-            await asyncio.wait_for(self.store.revoke_lease(keeper.lease), 2)
+            async with asyncio.timeout(2):  # not wait_for: on 3.11 it can swallow a cancel
+                await self.store.revoke_lease(keeper.lease)
         except (StoreError, TimeoutError):
             self._stale_leases.append(keeper.lease)  # retried by the next session, once the store answers
 
@@ -268,7 +269,8 @@ class LeaderElector:
         and etcd gives every lease a full TTL again after a restart)."""
         for lease in list(self._stale_leases):
             try:
-                await asyncio.wait_for(self.store.revoke_lease(lease), 2)
+                async with asyncio.timeout(2):  # not wait_for: on 3.11 it can swallow a cancel
+                    await self.store.revoke_lease(lease)
             except (StoreError, TimeoutError) as e:
                 log.info("could not revoke old lease %x yet: %s", lease, e)
                 return

@@ -252,7 +252,8 @@ class EtcdStore:
 
     async def status(self) -> tuple[bool, int, str]:
         try:
-            rev = await asyncio.wait_for(self.current_revision(), self._request_timeout_s + 1)
+            async with asyncio.timeout(self._request_timeout_s + 1):  # not wait_for: on 3.11 it can swallow a cancel
+                rev = await self.current_revision()
         except (StoreError, TimeoutError) as e:
             return False, 0, f"etcd {','.join(self.endpoints)} unreachable: {e}"
         return True, rev, f"etcd {self.conn.endpoint} (of {','.join(self.endpoints)})"
@@ -270,7 +271,8 @@ async def _cancel(watch: Any) -> None:
     """Stop an aetcd watch; a watch whose client was closed already is gone (aetcd then lacks its watcher)."""
     if watch is not None:
         with contextlib.suppress(aetcd.ClientError, TimeoutError, AttributeError):
-            await asyncio.wait_for(watch.cancel(), 1)
+            async with asyncio.timeout(1):  # not wait_for: on 3.11 it can swallow a cancel
+                await watch.cancel()
 
 
 def _event(ev: Any) -> WatchEvent:

@@ -50,7 +50,8 @@ class LeaseKeeper:
             raise LeaseExpiredError(self.lease, f"lease {self.lease:x} outlived its TTL without a refresh")
         sent = self.clock.monotonic()
         try:
-            await asyncio.wait_for(self.store.refresh_lease(self.lease), timeout=max(0.1, self.remaining_s()))
+            async with asyncio.timeout(max(0.1, self.remaining_s())):  # not wait_for: on 3.11 it can swallow a cancel
+                await self.store.refresh_lease(self.lease)
         except (StoreUnavailableError, TimeoutError) as e:
             if not self.alive():
                 raise LeaseExpiredError(self.lease, f"lease {self.lease:x} could not be refreshed in time: {e}") from e
