@@ -153,6 +153,13 @@ class Instance:
             price_micros_per_hour=self.price_micros,
             launched_ms=self.created_ms,
             reason=self.reason,
+            state_since_ms=self.status_ms,
+            interruption_deadline_ms=self.interruption_deadline_ms,
+            replacement_requested=self.replaced,
+            history=[
+                cpb.InstanceTransition(from_state=str(h.src), to_state=str(h.dst), at_ms=h.at_ms, reason=h.reason)
+                for h in self.history
+            ],
         )
 
     @classmethod
@@ -170,8 +177,15 @@ class Instance:
             cloud_id=m.cloud_id,
             node=m.node,
             created_ms=m.launched_ms,
-            status_ms=now_ms or m.launched_ms,  # the proto has no status time: timeouts restart on a new leader
+            # records written before state_since_ms existed: timeouts restart from the load
+            status_ms=m.state_since_ms or now_ms or m.launched_ms,
             reason=m.reason,
+            history=[
+                StatusChange(InstanceStatus(h.from_state), InstanceStatus(h.to_state), h.at_ms, h.reason)
+                for h in m.history
+            ],
+            interruption_deadline_ms=m.interruption_deadline_ms,
+            replaced=m.replacement_requested,
         )
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgpufleet/proto/v1/cluster.proto\x12\x0bgpufleet.v1\"\x19\n\x17GetClusterStatusRequest\"L\n\x07Replica\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06leader\x18\x03 \x01(\x08\x12\x14\n\x0clast_seen_ms\x18\x04 \x01(\x03\"b\n\x0bStoreStatus\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tendpoints\x18\x02 \x03(\t\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x10\n\x08revision\x18\x05 \x01(\x03\"\xfa\x03\n\rClusterStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x14\n\x0cleader_epoch\x18\x04 \x01(\x03\x12&\n\x08replicas\x18\x05 \x03(\x0b\x32\x14.gpufleet.v1.Replica\x12\'\n\x05store\x18\x06 \x01(\x0b\x32\x18.gpufleet.v1.StoreStatus\x12\x44\n\x0enodes_by_state\x18\x07 \x03(\x0b\x32,.gpufleet.v1.ClusterStatus.NodesByStateEntry\x12\x42\n\rjobs_by_state\x18\x08 \x03(\x0b\x32+.gpufleet.v1.ClusterStatus.JobsByStateEntry\x12\x1a\n\x12gpu_capacity_milli\x18\t \x01(\x03\x12\x1b\n\x13gpu_allocated_milli\x18\n \x01(\x03\x12\x1a\n\x12serving_replica_id\x18\x0b \x01(\t\x1a\x33\n\x11NodesByStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a\x32\n\x10JobsByStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x16\n\x14ListInstancesRequest\"\xf1\x01\n\rCloudInstance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x15\n\rinstance_type\x18\x05 \x01(\t\x12\x0c\n\x04spot\x18\x06 \x01(\x08\x12\r\n\x05state\x18\x07 \x01(\t\x12\x10\n\x08\x63loud_id\x18\x08 \x01(\t\x12\x0c\n\x04node\x18\t \x01(\t\x12\x0c\n\x04pool\x18\n \x01(\t\x12\x1d\n\x15price_micros_per_hour\x18\x0b \x01(\x03\x12\x13\n\x0blaunched_ms\x18\x0c \x01(\x03\x12\x0e\n\x06reason\x18\r \x01(\t\"F\n\x15ListInstancesResponse\x12-\n\tinstances\x18\x01 \x03(\x0b\x32\x1a.gpufleet.v1.CloudInstance\"r\n\x14GetCostReportRequest\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12*\n\x08group_by\x18\x03 \x01(\x0e\x32\x18.gpufleet.v1.CostGroupBy\x12\x0c\n\x04team\x18\x04 \x01(\t\"T\n\x07\x43ostRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x19\n\x11gpu_milli_seconds\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x03 \x01(\x03\x12\x0c\n\x04jobs\x18\x04 \x01(\x05\"m\n\nCostReport\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\"\n\x04rows\x18\x03 \x03(\x0b\x32\x14.gpufleet.v1.CostRow\x12\x19\n\x11total_cost_micros\x18\x04 \x01(\x03\"T\n\x06\x42udget\x12\x0c\n\x04team\x18\x01 \x01(\t\x12\x14\n\x0climit_micros\x18\x02 \x01(\x03\x12\x10\n\x08period_s\x18\x03 \x01(\x03\x12\x14\n\x0cspent_micros\x18\x04 \x01(\x03\"7\n\x10SetBudgetRequest\x12#\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x13.gpufleet.v1.Budget\"\x14\n\x12ListBudgetsRequest\";\n\x13ListBudgetsResponse\x12$\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x13.gpufleet.v1.Budget*v\n\x0b\x43ostGroupBy\x12\x1d\n\x19\x43OST_GROUP_BY_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43OST_GROUP_BY_TEAM\x10\x01\x12\x19\n\x15\x43OST_GROUP_BY_PROJECT\x10\x02\x12\x15\n\x11\x43OST_GROUP_BY_JOB\x10\x03\x32\xbe\x01\n\x0e\x43lusterService\x12T\n\x10GetClusterStatus\x12$.gpufleet.v1.GetClusterStatusRequest\x1a\x1a.gpufleet.v1.ClusterStatus\x12V\n\rListInstances\x12!.gpufleet.v1.ListInstancesRequest\x1a\".gpufleet.v1.ListInstancesResponse2\xed\x01\n\x0b\x43ostService\x12K\n\rGetCostReport\x12!.gpufleet.v1.GetCostReportRequest\x1a\x17.gpufleet.v1.CostReport\x12?\n\tSetBudget\x12\x1d.gpufleet.v1.SetBudgetRequest\x1a\x13.gpufleet.v1.Budget\x12P\n\x0bListBudgets\x12\x1f.gpufleet.v1.ListBudgetsRequest\x1a .gpufleet.v1.ListBudgetsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgpufleet/proto/v1/cluster.proto\x12\x0bgpufleet.v1\"\x19\n\x17GetClusterStatusRequest\"L\n\x07Replica\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06leader\x18\x03 \x01(\x08\x12\x14\n\x0clast_seen_ms\x18\x04 \x01(\x03\"b\n\x0bStoreStatus\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tendpoints\x18\x02 \x03(\t\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x10\n\x08revision\x18\x05 \x01(\x03\"\xfa\x03\n\rClusterStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x14\n\x0cleader_epoch\x18\x04 \x01(\x03\x12&\n\x08replicas\x18\x05 \x03(\x0b\x32\x14.gpufleet.v1.Replica\x12\'\n\x05store\x18\x06 \x01(\x0b\x32\x18.gpufleet.v1.StoreStatus\x12\x44\n\x0enodes_by_state\x18\x07 \x03(\x0b\x32,.gpufleet.v1.ClusterStatus.NodesByStateEntry\x12\x42\n\rjobs_by_state\x18\x08 \x03(\x0b\x32+.gpufleet.v1.ClusterStatus.JobsByStateEntry\x12\x1a\n\x12gpu_capacity_milli\x18\t \x01(\x03\x12\x1b\n\x13gpu_allocated_milli\x18\n \x01(\x03\x12\x1a\n\x12serving_replica_id\x18\x0b \x01(\t\x1a\x33\n\x11NodesByStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a\x32\n\x10JobsByStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x16\n\x14ListInstancesRequest\"\xfc\x02\n\rCloudInstance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x15\n\rinstance_type\x18\x05 \x01(\t\x12\x0c\n\x04spot\x18\x06 \x01(\x08\x12\r\n\x05state\x18\x07 \x01(\t\x12\x10\n\x08\x63loud_id\x18\x08 \x01(\t\x12\x0c\n\x04node\x18\t \x01(\t\x12\x0c\n\x04pool\x18\n \x01(\t\x12\x1d\n\x15price_micros_per_hour\x18\x0b \x01(\x03\x12\x13\n\x0blaunched_ms\x18\x0c \x01(\x03\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x16\n\x0estate_since_ms\x18\x0e \x01(\x03\x12 \n\x18interruption_deadline_ms\x18\x0f \x01(\x03\x12\x1d\n\x15replacement_requested\x18\x10 \x01(\x08\x12\x30\n\x07history\x18\x11 \x03(\x0b\x32\x1f.gpufleet.v1.InstanceTransition\"Y\n\x12InstanceTransition\x12\x12\n\nfrom_state\x18\x01 \x01(\t\x12\x10\n\x08to_state\x18\x02 \x01(\t\x12\r\n\x05\x61t_ms\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"F\n\x15ListInstancesResponse\x12-\n\tinstances\x18\x01 \x03(\x0b\x32\x1a.gpufleet.v1.CloudInstance\"r\n\x14GetCostReportRequest\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12*\n\x08group_by\x18\x03 \x01(\x0e\x32\x18.gpufleet.v1.CostGroupBy\x12\x0c\n\x04team\x18\x04 \x01(\t\"T\n\x07\x43ostRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x19\n\x11gpu_milli_seconds\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x03 \x01(\x03\x12\x0c\n\x04jobs\x18\x04 \x01(\x05\"m\n\nCostReport\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\"\n\x04rows\x18\x03 \x03(\x0b\x32\x14.gpufleet.v1.CostRow\x12\x19\n\x11total_cost_micros\x18\x04 \x01(\x03\"T\n\x06\x42udget\x12\x0c\n\x04team\x18\x01 \x01(\t\x12\x14\n\x0climit_micros\x18\x02 \x01(\x03\x12\x10\n\x08period_s\x18\x03 \x01(\x03\x12\x14\n\x0cspent_micros\x18\x04 \x01(\x03\"7\n\x10SetBudgetRequest\x12#\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x13.gpufleet.v1.Budget\"\x14\n\x12ListBudgetsRequest\";\n\x13ListBudgetsResponse\x12$\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x13.gpufleet.v1.Budget*v\n\x0b\x43ostGroupBy\x12\x1d\n\x19\x43OST_GROUP_BY_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43OST_GROUP_BY_TEAM\x10\x01\x12\x19\n\x15\x43OST_GROUP_BY_PROJECT\x10\x02\x12\x15\n\x11\x43OST_GROUP_BY_JOB\x10\x03\x32\xbe\x01\n\x0e\x43lusterService\x12T\n\x10GetClusterStatus\x12$.gpufleet.v1.GetClusterStatusRequest\x1a\x1a.gpufleet.v1.ClusterStatus\x12V\n\rListInstances\x12!.gpufleet.v1.ListInstancesRequest\x1a\".gpufleet.v1.ListInstancesResponse2\xed\x01\n\x0b\x43ostService\x12K\n\rGetCostReport\x12!.gpufleet.v1.GetCostReportRequest\x1a\x17.gpufleet.v1.CostReport\x12?\n\tSetBudget\x12\x1d.gpufleet.v1.SetBudgetRequest\x1a\x13.gpufleet.v1.Budget\x12P\n\x0bListBudgets\x12\x1f.gpufleet.v1.ListBudgetsRequest\x1a .gpufleet.v1.ListBudgetsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLUSTERSTATUS_NODESBYSTATEENTRY']._serialized_options = b'8\001'
   _globals['_CLUSTERSTATUS_JOBSBYSTATEENTRY']._loaded_options = None
   _globals['_CLUSTERSTATUS_JOBSBYSTATEENTRY']._serialized_options = b'8\001'
-  _globals['_COSTGROUPBY']._serialized_start=1641
-  _globals['_COSTGROUPBY']._serialized_end=1759
+  _globals['_COSTGROUPBY']._serialized_start=1871
+  _globals['_COSTGROUPBY']._serialized_end=1989
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=48
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=73
   _globals['_REPLICA']._serialized_start=75
@@ -52,25 +52,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTINSTANCESREQUEST']._serialized_start=762
   _globals['_LISTINSTANCESREQUEST']._serialized_end=784
   _globals['_CLOUDINSTANCE']._serialized_start=787
-  _globals['_CLOUDINSTANCE']._serialized_end=1028
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1030
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1100
-  _globals['_GETCOSTREPORTREQUEST']._serialized_start=1102
-  _globals['_GETCOSTREPORTREQUEST']._serialized_end=1216
-  _globals['_COSTROW']._serialized_start=1218
-  _globals['_COSTROW']._serialized_end=1302
-  _globals['_COSTREPORT']._serialized_start=1304
-  _globals['_COSTREPORT']._serialized_end=1413
-  _globals['_BUDGET']._serialized_start=1415
-  _globals['_BUDGET']._serialized_end=1499
-  _globals['_SETBUDGETREQUEST']._serialized_start=1501
-  _globals['_SETBUDGETREQUEST']._serialized_end=1556
-  _globals['_LISTBUDGETSREQUEST']._serialized_start=1558
-  _globals['_LISTBUDGETSREQUEST']._serialized_end=1578
-  _globals['_LISTBUDGETSRESPONSE']._serialized_start=1580
-  _globals['_LISTBUDGETSRESPONSE']._serialized_end=1639
-  _globals['_CLUSTERSERVICE']._serialized_start=1762
-  _globals['_CLUSTERSERVICE']._serialized_end=1952
-  _globals['_COSTSERVICE']._serialized_start=1955
-  _globals['_COSTSERVICE']._serialized_end=2192
+  _globals['_CLOUDINSTANCE']._serialized_end=1167
+  _globals['_INSTANCETRANSITION']._serialized_start=1169
+  _globals['_INSTANCETRANSITION']._serialized_end=1258
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1260
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1330
+  _globals['_GETCOSTREPORTREQUEST']._serialized_start=1332
+  _globals['_GETCOSTREPORTREQUEST']._serialized_end=1446
+  _globals['_COSTROW']._serialized_start=1448
+  _globals['_COSTROW']._serialized_end=1532
+  _globals['_COSTREPORT']._serialized_start=1534
+  _globals['_COSTREPORT']._serialized_end=1643
+  _globals['_BUDGET']._serialized_start=1645
+  _globals['_BUDGET']._serialized_end=1729
+  _globals['_SETBUDGETREQUEST']._serialized_start=1731
+  _globals['_SETBUDGETREQUEST']._serialized_end=1786
+  _globals['_LISTBUDGETSREQUEST']._serialized_start=1788
+  _globals['_LISTBUDGETSREQUEST']._serialized_end=1808
+  _globals['_LISTBUDGETSRESPONSE']._serialized_start=1810
+  _globals['_LISTBUDGETSRESPONSE']._serialized_end=1869
+  _globals['_CLUSTERSERVICE']._serialized_start=1992
+  _globals['_CLUSTERSERVICE']._serialized_end=2182
+  _globals['_COSTSERVICE']._serialized_start=2185
+  _globals['_COSTSERVICE']._serialized_end=2422
 # @@protoc_insertion_point(module_scope)

@@ -241,6 +241,10 @@ class CloudInstance(_message.Message):
     PRICE_MICROS_PER_HOUR_FIELD_NUMBER: _builtins.int
     LAUNCHED_MS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    STATE_SINCE_MS_FIELD_NUMBER: _builtins.int
+    INTERRUPTION_DEADLINE_MS_FIELD_NUMBER: _builtins.int
+    REPLACEMENT_REQUESTED_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """gpufleet instance id"""
     provider: _builtins.str
@@ -256,6 +260,14 @@ class CloudInstance(_message.Message):
     price_micros_per_hour: _builtins.int
     launched_ms: _builtins.int
     reason: _builtins.str
+    state_since_ms: _builtins.int
+    """when the current state was entered (timeouts survive a leader change)"""
+    interruption_deadline_ms: _builtins.int
+    """the cloud announced it reclaims the machine at this time"""
+    replacement_requested: _builtins.bool
+    """a replacement was launched for it (spot interruption)"""
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceTransition]: ...
     def __init__(
         self,
         *,
@@ -272,14 +284,46 @@ class CloudInstance(_message.Message):
         price_micros_per_hour: _builtins.int = ...,
         launched_ms: _builtins.int = ...,
         reason: _builtins.str = ...,
+        state_since_ms: _builtins.int = ...,
+        interruption_deadline_ms: _builtins.int = ...,
+        replacement_requested: _builtins.bool = ...,
+        history: _abc.Iterable[Global___InstanceTransition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloud_id", b"cloud_id", "id", b"id", "instance_type", b"instance_type", "launched_ms", b"launched_ms", "node", b"node", "pool", b"pool", "price_micros_per_hour", b"price_micros_per_hour", "provider", b"provider", "reason", b"reason", "region", b"region", "spot", b"spot", "state", b"state", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloud_id", b"cloud_id", "history", b"history", "id", b"id", "instance_type", b"instance_type", "interruption_deadline_ms", b"interruption_deadline_ms", "launched_ms", b"launched_ms", "node", b"node", "pool", b"pool", "price_micros_per_hour", b"price_micros_per_hour", "provider", b"provider", "reason", b"reason", "region", b"region", "replacement_requested", b"replacement_requested", "spot", b"spot", "state", b"state", "state_since_ms", b"state_since_ms", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CloudInstance: _TypeAlias = CloudInstance  # noqa: Y015
+
+@_typing.final
+class InstanceTransition(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_STATE_FIELD_NUMBER: _builtins.int
+    TO_STATE_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    from_state: _builtins.str
+    to_state: _builtins.str
+    at_ms: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        from_state: _builtins.str = ...,
+        to_state: _builtins.str = ...,
+        at_ms: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "from_state", b"from_state", "reason", b"reason", "to_state", b"to_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceTransition: _TypeAlias = InstanceTransition  # noqa: Y015
 
 @_typing.final
 class ListInstancesResponse(_message.Message):

@@ -291,6 +291,14 @@ async def test_records_persist_in_the_cluster_store(tmp_path: Path) -> None:
         assert kv is not None
         (back,) = await storage.load()
         assert (back.id, back.status, back.cloud_id, back.spot) == ("l4-abc", S.BOOTING, "fake-1", True)
+        # what a new leader needs to carry on: when the state began, its history, a pending interruption
+        inst.to(S.REGISTERED, at_ms=9, reason="agent registered")
+        inst.to(S.DRAINING, at_ms=12, reason="spot interruption")
+        inst.interruption_deadline_ms, inst.replaced = 120_012, True
+        await storage.save(inst)
+        (back,) = await storage.load()
+        assert back.status_ms == 12 and back.interruption_deadline_ms == 120_012 and back.replaced
+        assert back.history == inst.history
         await storage.delete("l4-abc")
         assert await storage.load() == []
     finally:
