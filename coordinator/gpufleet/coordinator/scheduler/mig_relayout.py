@@ -30,16 +30,6 @@ class RelayoutChoice:
     starts: list[int]
 
 
-def _compatible(placed: list[PlacedInstance], cand: PlacedInstance) -> bool:
-    used = {s for p in placed for s in p.slices}
-    if used.intersection(cand.slices):
-        return False
-    if sum(p.profile.compute_slices for p in placed) + cand.profile.compute_slices > gpu_models.MIG_COMPUTE_SLICES:
-        return False
-    same = sum(1 for p in placed if p.profile.name == cand.profile.name)
-    return same < cand.profile.max_instances
-
-
 def plan(state: ClusterState, req: Request, node_mask: B) -> RelayoutChoice | None:
     n = state.n
     models = models_with_profile(req.mig_profile, req.models)
@@ -93,7 +83,7 @@ def _layout(model_name: str, slots: list[MigSlot], profile: str) -> _Layout:
     layout = [*used, PlacedInstance(model.profile(profile), start)]
     kept = 0
     for f in sorted(free, key=lambda p: p.start):
-        if _compatible(layout, f):
+        if gpu_models.compatible(layout, f):
             layout.append(f)
             kept += 1
     cost = 1 + len(free) - kept
