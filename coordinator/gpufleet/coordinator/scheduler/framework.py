@@ -45,14 +45,19 @@ class Candidates:
     need_mib: I64 | None = None  # (n, G) GPU memory the request needs on each GPU
     eliminated: list[tuple[str, int]] = field(default_factory=list)  # (why, how many nodes) per filter
     near_miss: str = ""  # e.g. "the best node has 1 free"
+    count: int = -1  # nodes still possible (kept by narrow; -1: count them)
+
+    def __post_init__(self) -> None:
+        if self.count < 0:
+            self.count = int(np.count_nonzero(self.node))
 
     def narrow(self, keep: B | np.bool_, why: str) -> int:
         """Drop nodes not in ``keep``; remember how many were dropped and why. Returns how many remain."""
-        before = int(np.count_nonzero(self.node))
         np.logical_and(self.node, keep, out=self.node)
         after = int(np.count_nonzero(self.node))
-        if before > after:
-            self.eliminated.append((why, before - after))
+        if self.count > after:
+            self.eliminated.append((why, self.count - after))
+        self.count = after
         return after
 
 

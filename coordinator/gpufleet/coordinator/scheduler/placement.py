@@ -60,9 +60,9 @@ def pick_whole(st: ClusterState, i: int, fits: B, k: int) -> list[int]:
 
 def whole_fits_row(st: ClusterState, req: Request, i: int) -> B:
     """Idle GPUs of node slot i that a whole-GPU request may take (the GpuFit rule for one node)."""
-    row: B = st.g_usable[i] & ~st.g_blocked[i] & (st.g_free_milli[i] >= MILLI)
+    row: B = st.g_open[i] & (st.g_free_milli[i] >= MILLI)
     if req.models:
-        row &= np.isin(st.g_model[i], [st.models.ids[m] for m in req.models if m in st.models.ids])
+        row &= st.models.lookup(req.models)[st.g_model[i]]
     if req.mem_mib:
         row &= st.g_total_mib[i] >= req.mem_mib
     return row

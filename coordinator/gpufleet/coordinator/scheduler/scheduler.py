@@ -131,7 +131,7 @@ class Scheduler:
             plan.codes[req.job_id] = cached[0]
             return
         if self._cacheable(req):
-            pick = run.cache.best(cycle, key, lambda cyc, mask: self._evaluate(cyc, req, mask))
+            pick = run.cache.best(cycle, key, req, lambda cyc, mask: self._evaluate(cyc, req, mask))
             if pick is not None:
                 mps = self.config.fractional_mode == "mps"
                 m = placement.member(cycle.state, req, pick[0], pick[1], None, mps)
@@ -198,7 +198,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ choose and reserve
     def _cacheable(self, req: Request) -> bool:
-        if req.nodes > 1 or req.kind == KIND_MIG or not self.profile.node_local_scores:
+        if req.nodes > 1 or not self.profile.node_local_scores:
             return False
         q = self.config.team_quota(req.team)
         return q is None or not q.per_model

@@ -4,6 +4,9 @@ Scores are absolute and depend on one node only, and within a cycle the mix is f
 same shape the best option of a node stays valid until that node's row changes (``ClusterState.n_version``).
 A placement touches one node, so the next request of the same shape re-filters and re-scores only the nodes
 that changed since: a cycle costs a few small vector operations per job instead of a pass over the fleet.
+Changed nodes that cannot hold the request by their summary columns alone (:func:`may_fit`, a necessary
+condition of the filters) are marked infeasible without running the filter chain: on a loaded fleet that is
+most of them.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpufleet.coordinator.scheduler.framework import I64, B, Candidates, CycleState, Options, sorted_runs
+from gpufleet.coordinator.scheduler.framework import I64, B, Candidates, CycleState, Options
+from gpufleet.coordinator.scheduler.request import KIND_FRACTION, KIND_MIG, KIND_WHOLE, Request
+from gpufleet.coordinator.scheduler.state import ClusterState
 
 NEG = np.iinfo(np.int64).min // 4
 COMPACT_BELOW = 64
@@ -26,6 +31,24 @@ class _Entry:
     col: I64  # the GPU column of that option (-1: node-level)
 
 
+def may_fit(st: ClusterState, req: Request, idx: I64) -> B:
+    """Of the node slots ``idx``, those whose summary columns do not rule the request out. A necessary
+    condition of NodeHealth, NodeResources, GpuFit and Mig: a node outside it fails one of them, so skipping
+    it changes no decision (``tests/unit/coordinator/scheduler/test_state_fastpaths.py`` checks this)."""
+    ok: B = st.n_alive[idx] & st.n_ready[idx]
+    if req.cpu_milli:
+        ok &= st.n_free_cpu[idx] >= req.cpu_milli
+    if req.memory_mib:
+        ok &= st.n_free_mem[idx] >= req.memory_mib
+    if req.kind == KIND_FRACTION:
+        ok &= st.n_max_frac[idx] >= req.milli_per_gpu
+    elif req.kind == KIND_WHOLE:
+        ok &= st.n_free_whole[idx] >= req.gpus
+    elif req.kind == KIND_MIG:
+        ok &= (st.mig_free_array(req.mig_profile)[idx] > 0).any(axis=1)
+    return ok
+
+
 class ShapeCache:
     def __init__(self) -> None:
         self._entries: dict[tuple[object, ...], _Entry] = {}
@@ -34,12 +57,13 @@ class ShapeCache:
         self,
         cycle: CycleState,
         key: tuple[object, ...],
+        req: Request,
         evaluate_on: Callable[[CycleState, B], tuple[Candidates, Options, I64] | None],
     ) -> tuple[int, int] | None:
         """(node slot, GPU column) of the best option, or None when no node fits.
 
         ``evaluate_on(cycle, mask)`` filters and scores the nodes in ``mask`` and returns the surviving options
-        with their total scores (None when none survive)."""
+        with their total scores (None when none survive); ``req`` is the request they are evaluated for."""
         st = cycle.state
         n = st.n
         e = self._entries.get(key)
@@ -53,25 +77,37 @@ class ShapeCache:
             e.score[idx] = NEG
             e.col[idx] = -1
             e.version[idx] = ver[idx]
+            idx = idx[may_fit(st, req, idx)]
+        if len(idx):
             if len(idx) <= COMPACT_BELOW:
                 # few changed nodes: filter and score a compact copy of their rows
                 sub = CycleState(st.rows(idx), cycle.config, cycle.now_ms, cycle.mix, cycle.notes)
                 got = evaluate_on(sub, np.ones(len(idx), dtype=np.bool_))
                 remap: I64 | None = idx
             else:
-                got = evaluate_on(cycle, dirty)
+                mask = np.zeros(n, dtype=np.bool_)
+                mask[idx] = True
+                got = evaluate_on(cycle, mask)
                 remap = None
             if got is not None:
                 _, opts, scores = got
-                if opts.node[0] == opts.node[-1]:  # one node: its best option (first of the best)
-                    nodes_u, pick = opts.node[:1], np.array([int(np.argmax(scores))])
-                else:
-                    order = np.lexsort((-scores, opts.node))
-                    nodes_u, first, _ = sorted_runs(opts.node[order])
-                    pick = order[first]
+                if int(opts.col[0]) < 0:  # node-level options: one per node
+                    nodes_u, best_score, best_col = opts.node, scores, opts.col
+                elif opts.node[0] == opts.node[-1]:  # one node: its best option (first of the best)
+                    b = int(np.argmax(scores))
+                    nodes_u, best_score, best_col = opts.node[:1], scores[b : b + 1], opts.col[b : b + 1]
+                else:  # per node its first best column: scores on a (rows, G) grid, argmax per row
+                    lo = int(opts.node[0])
+                    span = int(opts.node[-1]) + 1 - lo
+                    grid = np.full((span, st.G), NEG, dtype=np.int64)
+                    grid[opts.node - lo, opts.col] = scores
+                    cols = grid.argmax(axis=1)
+                    best = grid[np.arange(span), cols]
+                    has = best > NEG
+                    nodes_u, best_score, best_col = lo + np.flatnonzero(has), best[has], cols[has]
                 target = remap[nodes_u] if remap is not None else nodes_u
-                e.score[target] = scores[pick]
-                e.col[target] = opts.col[pick]
+                e.score[target] = best_score
+                e.col[target] = best_col
         if n == 0:  # an empty fleet: nothing to pick (the caller's filter says why)
             return None
         i = int(np.argmax(e.score))

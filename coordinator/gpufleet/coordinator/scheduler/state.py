@@ -108,6 +108,24 @@ class _Interner:
     def __init__(self) -> None:
         self.names: list[str] = []
         self.ids: dict[str, int] = {}
+        self._luts: dict[tuple[tuple[str, ...], int], B] = {}
+
+    def lookup(self, names: tuple[str, ...]) -> B:
+        """A boolean vector over ids, True for ``names``, with one more False entry at the end so that the
+        padding id -1 maps to False: ``lookup(names)[ids]`` is ``np.isin(ids, ...)`` without its sort."""
+        key = (names, len(self.names))
+        lut = self._luts.get(key)
+        if lut is None:
+            if len(self._luts) >= 1024:
+                self._luts.clear()
+            lut = np.zeros(len(self.names) + 1, dtype=np.bool_)
+            for name in names:
+                i = self.ids.get(name)
+                if i is not None:
+                    lut[i] = True
+            lut.flags.writeable = False
+            self._luts[key] = lut
+        return lut
 
     def id(self, name: str) -> int:
         i = self.ids.get(name)
@@ -199,6 +217,8 @@ class ClusterState:
         mk2("g_mig", np.bool_, False)
         mk2("g_blocked", np.bool_, False)  # held in this cycle (MIG re-layout target)
         mk2("g_usable", np.bool_, False)  # valid, healthy, not MIG-enabled: fractions and whole GPUs
+        mk2("g_open", np.bool_, False)  # usable and not blocked: what GpuFit may hand out
+        mk2("g_mig_ok", np.bool_, False)  # valid, healthy, MIG-enabled: where MIG slices may go
         mk2("g_model", np.int32, -1)
         mk2("g_numa", np.int32, 0)
         mk2("g_total_mib", np.int64, 0)
@@ -246,6 +266,8 @@ class ClusterState:
     g_mig: B
     g_blocked: B
     g_usable: B
+    g_open: B
+    g_mig_ok: B
     g_model: I32
     g_numa: I32
     g_total_mib: I64
@@ -363,6 +385,8 @@ class ClusterState:
             )
         self.n_has_mig[i] = bool(self.n_has_mig[i]) or bool(self.g_mig[i].any())
         self.g_usable[i] = self.g_valid[i] & self.g_healthy[i] & ~self.g_mig[i]
+        self.g_open[i] = self.g_usable[i]  # nothing is blocked outside a cycle
+        self.g_mig_ok[i] = self.g_valid[i] & self.g_healthy[i] & self.g_mig[i]
         self.n_usable[i] = int(np.count_nonzero(self.g_usable[i]))
         self.n_model[i] = next(iter(models)) if len(models) == 1 else (-1 if not models else -2)
         self.n_alive[i] = True
@@ -391,6 +415,8 @@ class ClusterState:
         self.n_ready[i] = False
         self.g_valid[i] = False
         self.g_usable[i] = False
+        self.g_open[i] = False
+        self.g_mig_ok[i] = False
         self.n_usable[i] = 0
         self.g_free_milli[i] = 0
         self.g_free_mib[i] = 0
@@ -535,6 +561,7 @@ class ClusterState:
 
     def block_gpu(self, i: int, col: int) -> None:
         self.g_blocked[i, col] = True
+        self.g_open[i, col] = False
         self._refresh(i)
         if self._undo is not None:
             self._undo.append(_UndoBlock(i, col))
@@ -563,14 +590,15 @@ class ClusterState:
                 self._usage(u.team, u.model_milli, -1)
             else:
                 self.g_blocked[u.i, u.col] = False
+                self.g_open[u.i, u.col] = self.g_usable[u.i, u.col]
                 touched.add(u.i)
         for i in sorted(touched):
             self._refresh(i)
 
     # ------------------------------------------------------------------ compact views
-    # the rows filters and scores read (MIG, gangs and per-model quotas never use compact views)
+    # the rows filters and scores read (gangs and per-model quotas never use compact views)
     _ROW_ARRAYS = (
-        "g_valid", "g_usable", "g_healthy", "g_mig", "g_blocked", "g_model", "g_total_mib", "g_free_milli",
+        "g_valid", "g_usable", "g_open", "g_mig_ok", "g_healthy", "g_mig", "g_blocked", "g_model", "g_total_mib", "g_free_milli",
         "g_free_mib", "n_alive", "n_ready", "n_spot", "n_region", "n_provider", "n_price", "n_cpu",
         "n_free_cpu", "n_free_mem", "n_usable", "n_free_whole", "n_free_milli", "n_sigma",
     )  # fmt: skip
@@ -621,3 +649,9 @@ class _Rows(ClusterState):
         arr: npt.NDArray[np.generic] = getattr(self._parent, name)[self._sel]
         setattr(self, name, arr)
         return arr
+
+    def mig_free_array(self, profile: str) -> I64:
+        got = self.mig_free.get(profile)
+        if got is None:
+            got = self.mig_free[profile] = self._parent.mig_free_array(profile)[self._sel]
+        return got

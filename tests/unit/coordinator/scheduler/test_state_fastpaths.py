@@ -1,8 +1,8 @@
 """The scheduler's fast paths give the same answers as the plain computations they replace.
 
 A cycle leaves the state exactly as it found it (rollback recomputes each touched node once), a compact row
-view reads the same values as indexing the fleet arrays, and a MIG re-layout answered from the memo is the
-one computed from scratch.
+view reads the same values as indexing the fleet arrays, a MIG re-layout answered from the memo is the
+one computed from scratch, and the shape cache's summary pre-check never drops a node the filters accept.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import random
 import numpy as np
 
 from gpufleet.coordinator.scheduler import ClusterState, Scheduler, mig_relayout
+from gpufleet.coordinator.scheduler.framework import CycleState
+from gpufleet.coordinator.scheduler.shape_cache import may_fit
 from gpufleet.coordinator.scheduler.request import request_from_job
 from gpufleet.coordinator.scheduler.sim.build import make_job, make_node, placed
 from gpufleet.proto.v1 import types_pb2 as pb
@@ -79,3 +81,23 @@ def test_a_memoized_mig_relayout_is_the_one_computed_from_scratch() -> None:
     again = mig_relayout.plan(st, req, mask)  # answered from the memo
     assert fresh is not None
     assert again == fresh
+
+
+def test_the_summary_precheck_keeps_every_node_the_filters_accept() -> None:
+    rng = random.Random(11)
+    st = _fleet(16)
+    sched = Scheduler()
+    probes = _jobs(rng, 40, "q") + [make_job("c", 0, 2000, 4096), make_job("big", 8, 1000, 1024)]
+    for round_ in range(6):  # fill the fleet step by step, checking every probe shape at each level
+        for j in _jobs(rng, 25, f"f{round_}-"):
+            p = sched.schedule(st, [j], 0).placement(j.id)
+            if p is not None:
+                st.bind(placed(j, p.assignments))
+        cycle = CycleState(st, sched.config, 0, st.mix.classes())
+        idx = np.arange(st.n)
+        for j in probes:
+            req = request_from_job(j)
+            res, cand = sched.filter(cycle, req)
+            accepted = cand.node if res.ok else np.zeros(st.n, dtype=np.bool_)
+            kept = may_fit(st, req, idx)
+            assert not (accepted & ~kept).any(), (req.describe(), np.flatnonzero(accepted & ~kept))

@@ -43,6 +43,6 @@ class PlacementConstraints:
                 st.n_price[:n] <= req.max_price_micros,
                 f"above the price ceiling ${req.max_price_micros / 1e6:.2f}/GPU-hour",
             )
-        if not cand.node.any():
+        if cand.count == 0:
             return Result(Status.UNSCHEDULABLE, "no node matches the placement constraints", self.name)
         return SUCCESS

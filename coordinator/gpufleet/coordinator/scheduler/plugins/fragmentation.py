@@ -31,16 +31,24 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
     mix = cycle.mix
     w = mix.weight
     k, kpos, need_cpu, w_row = _mix_rows(cycle)
-    if len(opts) and opts.node[0] == opts.node[-1]:  # one node (options come sorted by node)
-        nodes_u, inv = opts.node[:1], np.zeros(len(opts), dtype=np.int64)
+    # node-level terms are computed once per node row U and read per option through ``inv``
+    n = st.n
+    rows: I64 | slice
+    inv: I64 | slice
+    if int(opts.col[0]) < 0:  # node-level options (whole GPUs): one per node already
+        rows, inv = opts.node, slice(None)
+    elif n <= 2 * len(opts):  # most rows have options (compact views): every row, no grouping needed
+        rows, inv = slice(0, n), opts.node
+    elif opts.node[0] == opts.node[-1]:  # one node (options come sorted by node)
+        rows, inv = opts.node[:1], np.zeros(len(opts), dtype=np.int64)
     else:
-        nodes_u, _, runs = sorted_runs(opts.node)
+        rows, _, runs = sorted_runs(opts.node)
         inv = np.cumsum(runs) - 1
     # integer milli (exact in float64): numpy converts them where they meet a float, as astype would
-    s = st.n_free_milli[nodes_u]
-    cpu = st.n_free_cpu[nodes_u]
-    whole = st.n_free_whole[nodes_u]
-    sig = st.n_sigma[nodes_u[:, None], mix.column]  # (U, M)
+    s = st.n_free_milli[rows]
+    cpu = st.n_free_cpu[rows]
+    whole = st.n_free_whole[rows]
+    sig = st.n_sigma[rows][:, mix.column] if isinstance(rows, slice) else st.n_sigma[rows[:, None], mix.column]
     inf_b = (cpu[:, None] < need_cpu) | (kpos & (whole[:, None] < k))
     cpu_short = (cpu - req.cpu_milli)[:, None] < need_cpu
     if req.kind != "fraction":
@@ -51,26 +59,20 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
         return node_delta[inv]
     d = req.milli_per_gpu
     f = st.g_free_milli[opts.node, opts.col]
-    # two node variants: the chosen GPU was idle (one fewer idle GPU after) or already shared
+    # two node variants: the chosen GPU was already shared (v=0) or idle (v=1: one fewer idle GPU after);
+    # both are computed at once as a (2, U, M) stack and each option reads the row of its own variant
     gtab = _gpu_table(cycle, d)
-    n_idle = int(np.count_nonzero(f >= MILLI))
-    if n_idle == 0 or n_idle == len(f):  # one variant for every option: no selection needed
-        idle = n_idle > 0
-        inf_a = cpu_short | (kpos & ((whole - int(idle))[:, None] < k))
-        node_term: F64 = np.where(inf_b, -float(d), np.where(inf_a, s[:, None] - d - sig, 0.0)) @ w
-        wfeas = np.where(inf_a, 0.0, w_row)  # (U, M)
-        out: F64 = node_term[inv] + np.einsum("cm,cm->c", wfeas[inv], gtab[f])
-        return out + _cpu_strand(cycle, req, s, cpu, d)[inv]
-    out = np.empty(len(opts), dtype=np.float64)
-    for idle in (False, True):
-        sel = (f >= MILLI) if idle else (f < MILLI)
-        inf_a = cpu_short | (kpos & ((whole - int(idle))[:, None] < k))
-        node_term = np.where(inf_b, -float(d), np.where(inf_a, s[:, None] - d - sig, 0.0)) @ w
-        wfeas = np.where(inf_a, 0.0, w_row)  # (U, M)
-        rows = inv[sel]
-        gpu_term = np.einsum("cm,cm->c", wfeas[rows], gtab[f[sel]])
-        out[sel] = node_term[rows] + gpu_term
+    idle = f >= MILLI
+    after_whole = whole[None, :] - _VARIANTS  # (2, U)
+    inf_a = cpu_short[None] | (kpos & (after_whole[:, :, None] < k))  # (2, U, M)
+    node_term: F64 = np.where(inf_b[None], -float(d), np.where(inf_a, (s[:, None] - d - sig)[None], 0.0)) @ w
+    wfeas = np.where(inf_a, 0.0, w_row)  # (2, U, M)
+    var = idle.view(np.int8)
+    out: F64 = node_term[var, inv] + np.einsum("cm,cm->c", wfeas[var, inv], gtab[f])
     return out + _cpu_strand(cycle, req, s, cpu, d)[inv]
+
+
+_VARIANTS = np.array([[0], [1]], dtype=np.int64)
 
 
 def _mix_rows(cycle: CycleState) -> tuple[I64, B, I64, F64]:

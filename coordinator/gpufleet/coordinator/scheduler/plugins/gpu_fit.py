@@ -20,8 +20,7 @@ def model_mask(st: ClusterState, models: tuple[str, ...]) -> B | None:
     """(n, G) mask of GPUs of an allowed model, or None when any model will do."""
     if not models:
         return None
-    ids = [st.models.ids[m] for m in models if m in st.models.ids]
-    mask: B = np.isin(st.g_model[: st.n], ids)
+    mask: B = st.models.lookup(models)[st.g_model[: st.n]]
     return mask
 
 
@@ -33,8 +32,7 @@ class GpuFit:
             return SKIP
         st = cycle.state
         n = st.n
-        usable = st.g_usable[:n] & ~st.g_blocked[:n]
-        usable &= cand.node[:, None]
+        usable = st.g_open[:n] & cand.node[:, None]
         mm = model_mask(st, req.models)
         if mm is not None:
             usable &= mm

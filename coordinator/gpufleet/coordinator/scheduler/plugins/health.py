@@ -1,4 +1,6 @@
-"""NodeHealth filter: only live, READY, uncordoned nodes (GPU health is per GPU, in GpuFit and Mig)."""
+"""NodeHealth filter: only READY, uncordoned nodes (GPU health is per GPU, in GpuFit and Mig).
+
+Candidates start from the live node slots (``Scheduler.filter``), so gone nodes never reach a filter."""
 
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ class NodeHealth:
         del req  # health does not depend on the request
         st = cycle.state
         n = st.n
-        cand.narrow(st.n_alive[:n], "gone")
         if not cand.narrow(st.n_ready[:n], "not ready, cordoned or draining"):
             return Result(Status.UNSCHEDULABLE, "no ready node", self.name)
         return SUCCESS

@@ -46,7 +46,7 @@ class Mig:
         if static is None or len(static) != n:
             mm = model_mask(st, models)
             assert mm is not None
-            static = cycle.memo[key] = st.g_valid[:n] & st.g_mig[:n] & st.g_healthy[:n] & mm
+            static = cycle.memo[key] = st.g_mig_ok[:n] & mm
         mig = static & cand.node[:, None]
         if cand.narrow(mig.any(axis=1), f"lack MIG-enabled {'|'.join(models)} GPUs") == 0:
             return Result(Status.UNSCHEDULABLE, "no ready node has a MIG-enabled GPU for the profile", self.name)

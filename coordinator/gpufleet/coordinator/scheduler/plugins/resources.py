@@ -21,6 +21,6 @@ class NodeResources:
             cand.narrow(st.n_free_cpu[:n] >= req.cpu_milli, f"lack {req.cpu_milli}m free CPU")
         if req.memory_mib:
             cand.narrow(st.n_free_mem[:n] >= req.memory_mib, f"lack {req.memory_mib} MiB free memory")
-        if not cand.node.any():
+        if cand.count == 0:
             return Result(Status.UNSCHEDULABLE, "no node has the CPU and memory free", self.name)
         return SUCCESS
