@@ -21,7 +21,6 @@ from gpufleet.coordinator.scheduler.request import KIND_FRACTION, KIND_MIG, KIND
 from gpufleet.coordinator.scheduler.state import ClusterState
 
 NEG = np.iinfo(np.int64).min // 4
-COMPACT_BELOW = 64
 
 
 @dataclass(slots=True)
@@ -79,16 +78,9 @@ class ShapeCache:
             e.version[idx] = ver[idx]
             idx = idx[may_fit(st, req, idx)]
         if len(idx):
-            if len(idx) <= COMPACT_BELOW:
-                # few changed nodes: filter and score a compact copy of their rows
-                sub = CycleState(st.rows(idx), cycle.config, cycle.now_ms, cycle.mix, cycle.notes)
-                got = evaluate_on(sub, np.ones(len(idx), dtype=np.bool_))
-                remap: I64 | None = idx
-            else:
-                mask = np.zeros(n, dtype=np.bool_)
-                mask[idx] = True
-                got = evaluate_on(cycle, mask)
-                remap = None
+            # filter and score a compact copy of the changed rows (a slice when they are contiguous)
+            sub = CycleState(st.rows(idx), cycle.config, cycle.now_ms, cycle.mix, cycle.notes)
+            got = evaluate_on(sub, np.ones(len(idx), dtype=np.bool_))
             if got is not None:
                 _, opts, scores = got
                 if int(opts.col[0]) < 0:  # node-level options: one per node
@@ -105,7 +97,7 @@ class ShapeCache:
                     best = grid[np.arange(span), cols]
                     has = best > NEG
                     nodes_u, best_score, best_col = lo + np.flatnonzero(has), best[has], cols[has]
-                target = remap[nodes_u] if remap is not None else nodes_u
+                target = idx[nodes_u]
                 e.score[target] = best_score
                 e.col[target] = best_col
         if n == 0:  # an empty fleet: nothing to pick (the caller's filter says why)

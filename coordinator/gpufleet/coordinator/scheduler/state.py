@@ -609,6 +609,11 @@ class ClusterState:
         gives slices, no copies). Interners and team usage are shared."""
         return _Rows(self, idx)
 
+    def sigma_at(self, rows: I64 | slice, columns: I64) -> I64:
+        """``n_sigma`` at node slots ``rows`` (an index array or a slice) and threshold ``columns``."""
+        out: I64 = self.n_sigma[rows][:, columns] if isinstance(rows, slice) else self.n_sigma[rows[:, None], columns]
+        return out
+
     # ------------------------------------------------------------------ summaries
     def capacity_milli(self) -> int:
         m = self.n_alive[: self.n]
@@ -649,6 +654,14 @@ class _Rows(ClusterState):
         arr: npt.NDArray[np.generic] = getattr(self._parent, name)[self._sel]
         setattr(self, name, arr)
         return arr
+
+    def sigma_at(self, rows: I64 | slice, columns: I64) -> I64:
+        sel = self._sel
+        if isinstance(sel, slice):  # contiguous parent rows: shift
+            lo = sel.start
+            prow = slice(rows.start + lo, rows.stop + lo) if isinstance(rows, slice) else rows + lo
+            return self._parent.sigma_at(prow, columns)
+        return self._parent.sigma_at(sel[rows], columns)
 
     def mig_free_array(self, profile: str) -> I64:
         got = self.mig_free.get(profile)

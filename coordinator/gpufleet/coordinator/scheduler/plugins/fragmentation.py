@@ -48,7 +48,7 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
     s = st.n_free_milli[rows]
     cpu = st.n_free_cpu[rows]
     whole = st.n_free_whole[rows]
-    sig = st.n_sigma[rows][:, mix.column] if isinstance(rows, slice) else st.n_sigma[rows[:, None], mix.column]
+    sig = st.sigma_at(rows, mix.column)  # (U, M)
     inf_b = (cpu[:, None] < need_cpu) | (kpos & (whole[:, None] < k))
     cpu_short = (cpu - req.cpu_milli)[:, None] < need_cpu
     if req.kind != "fraction":
@@ -67,8 +67,11 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
     inf_a = cpu_short[None] | (kpos & (after_whole[:, :, None] < k))  # (2, U, M)
     node_term: F64 = np.where(inf_b[None], -float(d), np.where(inf_a, (s[:, None] - d - sig)[None], 0.0)) @ w
     wfeas = np.where(inf_a, 0.0, w_row)  # (2, U, M)
-    var = idle.view(np.int8)
-    out: F64 = node_term[var, inv] + np.einsum("cm,cm->c", wfeas[var, inv], gtab[f])
+    # row of each option in the flattened (2U, ...) stack: its variant's block, its node's row
+    row = inv + node_term.shape[1] * idle
+    m = wfeas.shape[2]
+    gpu_term = np.einsum("cm,cm->c", wfeas.reshape(-1, m).take(row, axis=0), gtab.take(f, axis=0))
+    out: F64 = node_term.reshape(-1).take(row) + gpu_term
     return out + _cpu_strand(cycle, req, s, cpu, d)[inv]
 
 
@@ -105,8 +108,9 @@ def _cpu_strand(cycle: CycleState, req: Request, s: I64, cpu: I64, d: int) -> F6
 CPU_STRAND_WEIGHT = 1.0
 
 
-def _gpu_table(cycle: CycleState, d: int) -> I64:
-    """(1001, M) change of h_m when a GPU with f free gets d more used; cached per cycle (the mix is fixed)."""
+def _gpu_table(cycle: CycleState, d: int) -> F64:
+    """(1001, M) change of h_m when a GPU with f free gets d more used (integers, held as float64 for the
+    weighted sums); cached per cycle (the mix is fixed)."""
     key = f"frag_gtab:{d}"
     tab = cycle.notes.get(key)
     if isinstance(tab, np.ndarray):
@@ -114,7 +118,7 @@ def _gpu_table(cycle: CycleState, d: int) -> I64:
     grid = np.arange(MILLI + 1, dtype=np.int64)
     thr = cycle.mix.threshold[None, :]
     after = np.maximum(grid - d, 0)[:, None]
-    out: I64 = np.where(after < thr, after, 0) - np.where(grid[:, None] < thr, grid[:, None], 0)
+    out: F64 = (np.where(after < thr, after, 0) - np.where(grid[:, None] < thr, grid[:, None], 0)).astype(np.float64)
     cycle.notes[key] = out
     return out
 
