@@ -75,6 +75,10 @@ class Options:
 class PreFilterPlugin(Protocol):
     name: ClassVar[str]
 
+    def enabled(self, config: SchedulerConfig) -> bool:
+        """False when the configuration gives the plugin nothing to check (it is then left out of the cycle)."""
+        ...
+
     def pre_filter(self, cycle: CycleState, req: Request) -> Result: ...
 
 

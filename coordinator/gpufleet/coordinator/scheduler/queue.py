@@ -25,6 +25,10 @@ def order(reqs: Sequence[Request], state: ClusterState, config: SchedulerConfig)
     groups: dict[tuple[int, str], list[Request]] = {}
     for r in reqs:
         groups.setdefault((r.priority, r.team), []).append(r)
+    if len(groups) == 1:
+        # one team at one priority: the fair-share key grows along the team's own order, so that order is
+        # the queue order
+        return sorted(reqs, key=_own_key)
     share: dict[str, float] = {}
     for (_, team), rs in groups.items():
         q = config.team_quota(team)

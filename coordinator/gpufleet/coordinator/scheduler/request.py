@@ -6,7 +6,7 @@ field instead of an exception escaping the cycle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gpufleet.common.errors import InvalidInputError, Problem
 from gpufleet.proto.v1 import types_pb2 as pb
@@ -42,16 +42,13 @@ class Request:
     spot: int  # pb.SpotPolicy
     max_price_micros: int
     spread: bool
+    # requests with the same key get the same answer from the filters in one cycle (with the team: the
+    # scheduler's key for answers it remembers within a cycle)
+    shape_key: tuple[object, ...] = field(init=False, repr=False, compare=False)
+    cache_key: tuple[object, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def total_milli(self) -> int:
-        """milli-GPU held by the whole job (all members). A MIG slice counts its compute share of 7."""
-        return self.milli_per_gpu * self.gpus * self.nodes
-
-    @property
-    def shape_key(self) -> tuple[object, ...]:
-        """Requests with the same key get the same answer from the filters in one cycle."""
-        return (
+    def __post_init__(self) -> None:
+        shape = (
             self.kind,
             self.milli_per_gpu,
             self.gpus,
@@ -66,6 +63,13 @@ class Request:
             self.spot,
             self.max_price_micros,
         )
+        object.__setattr__(self, "shape_key", shape)
+        object.__setattr__(self, "cache_key", (shape, self.team))
+
+    @property
+    def total_milli(self) -> int:
+        """milli-GPU held by the whole job (all members). A MIG slice counts its compute share of 7."""
+        return self.milli_per_gpu * self.gpus * self.nodes
 
     def describe(self) -> str:
         where = f" in {'/'.join(self.regions)}" if self.regions else ""

@@ -18,7 +18,16 @@ import numpy as np
 from gpufleet.common.errors import InvalidInputError
 from gpufleet.coordinator.scheduler import mig_relayout, placement, preemption, queue
 from gpufleet.coordinator.scheduler.config import SchedulerConfig
-from gpufleet.coordinator.scheduler.framework import I64, B, Candidates, CycleState, Options, Profile, sorted_runs
+from gpufleet.coordinator.scheduler.framework import (
+    I64,
+    B,
+    Candidates,
+    CycleState,
+    Options,
+    PreFilterPlugin,
+    Profile,
+    sorted_runs,
+)
 from gpufleet.coordinator.scheduler.mix import MixClasses, WorkloadMix
 from gpufleet.coordinator.scheduler.placement import Member
 from gpufleet.coordinator.scheduler.plugins.constraints import PlacementConstraints
@@ -50,6 +59,7 @@ class _Cycle:
     failed: dict[tuple[object, ...], tuple[str, str]]
     taken: set[str]
     cache: ShapeCache
+    pre_filters: tuple[PreFilterPlugin, ...]
     placed: int = 0
 
 
@@ -71,11 +81,13 @@ class Scheduler:
         plan = Plan()
         reqs: list[Request] = []
         memo: dict[str, tuple[tuple[int, int, int, int], Request]] = {}
+        known = self._requests.get
         for job in pending:
             stamp = (job.revision, job.updated_ms, job.attempt, job.priority_value)
-            hit = self._requests.get(job.id)
+            job_id = job.id
+            hit = known(job_id)
             if hit is not None and hit[0] == stamp:
-                memo[job.id] = hit
+                memo[job_id] = hit
                 reqs.append(hit[1])
                 continue
             try:
@@ -98,7 +110,8 @@ class Scheduler:
         if carry is None or carry[0] != state.uid or carry[1] is not classes:
             carry = self._carry = (state.uid, classes, ShapeCache(), {})
         cycle = CycleState(state, self.config, now_ms, classes, carry[3])
-        run = _Cycle(plan, {j.id: j for j in running}, {}, set(), carry[2])
+        pre = tuple(p for p in self.profile.pre_filter if p.enabled(self.config))
+        run = _Cycle(plan, {j.id: j for j in running}, {}, set(), carry[2], pre)
         ahead: dict[str, int] = {}
         state.begin()
         try:
@@ -118,13 +131,13 @@ class Scheduler:
                 cycle, run, req, Result(Status.WAIT, "cycle placement limit reached; next cycle"), None, pos, team_ahead
             )
             return
-        for p in self.profile.pre_filter:
+        for p in run.pre_filters:
             r = p.pre_filter(cycle, req)
             if r is not SUCCESS and r is not SKIP and not r.ok:
                 plan.unplaced[req.job_id] = r.reason
                 plan.codes[req.job_id] = _CODES.get(r.plugin, r.status.value)
                 return
-        key = (req.shape_key, req.team)
+        key = req.cache_key
         cached = run.failed.get(key)
         if cached is not None:
             plan.unplaced[req.job_id] = cached[1] + self._job_note(cycle, req, pos, team_ahead)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from gpufleet.coordinator.scheduler.config import SchedulerConfig
 from gpufleet.coordinator.scheduler.framework import CycleState
 from gpufleet.coordinator.scheduler.request import Request
 from gpufleet.coordinator.scheduler.types import SKIP, SUCCESS, Result, Status
@@ -15,6 +16,10 @@ from gpufleet.coordinator.scheduler.types import SKIP, SUCCESS, Result, Status
 
 class Deadline:
     name: ClassVar[str] = "Deadline"
+
+    def enabled(self, config: SchedulerConfig) -> bool:
+        del config  # deadlines come with the jobs
+        return True
 
     def pre_filter(self, cycle: CycleState, req: Request) -> Result:
         if not req.deadline_ms:

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from gpufleet.coordinator.scheduler.config import SchedulerConfig
 from gpufleet.coordinator.scheduler.framework import Candidates, CycleState
 from gpufleet.coordinator.scheduler.request import KIND_MIG, Request
 from gpufleet.coordinator.scheduler.types import SKIP, SUCCESS, Result, Status
@@ -25,6 +26,9 @@ def request_milli(req: Request) -> int:
 
 class Quota:
     name: ClassVar[str] = "Quota"
+
+    def enabled(self, config: SchedulerConfig) -> bool:
+        return any(q.limit_milli for q in config.quotas.values())
 
     def pre_filter(self, cycle: CycleState, req: Request) -> Result:
         q = cycle.config.team_quota(req.team)
