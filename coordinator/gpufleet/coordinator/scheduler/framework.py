@@ -36,6 +36,9 @@ class CycleState:
     notes: dict[str, object] = field(default_factory=dict)
     # per-cycle memo of masks that only node upserts change (never during a cycle), keyed by the plugin
     memo: dict[tuple[object, ...], B] = field(default_factory=dict)
+    # the nodes were already checked for readiness and free CPU/memory (``shape_cache.may_fit``), so
+    # NodeHealth and NodeResources have nothing left to remove
+    prechecked: bool = False
 
 
 @dataclass(slots=True)

@@ -32,8 +32,9 @@ class _Entry:
 
 def may_fit(st: ClusterState, req: Request, idx: I64) -> B:
     """Of the node slots ``idx``, those whose summary columns do not rule the request out. A necessary
-    condition of NodeHealth, NodeResources, GpuFit and Mig: a node outside it fails one of them, so skipping
-    it changes no decision (``tests/unit/coordinator/scheduler/test_state_fastpaths.py`` checks this)."""
+    condition of GpuFit and Mig, and exactly the conditions of NodeHealth and NodeResources (which then skip
+    these nodes: ``CycleState.prechecked``): a node outside it fails a filter, so skipping it changes no
+    decision (``tests/unit/coordinator/scheduler/test_state_fastpaths.py`` checks this)."""
     ok: B = st.n_alive[idx] & st.n_ready[idx]
     if req.cpu_milli:
         ok &= st.n_free_cpu[idx] >= req.cpu_milli
@@ -79,7 +80,7 @@ class ShapeCache:
             idx = idx[may_fit(st, req, idx)]
         if len(idx):
             # filter and score a compact copy of the changed rows (a slice when they are contiguous)
-            sub = CycleState(st.rows(idx), cycle.config, cycle.now_ms, cycle.mix, cycle.notes)
+            sub = CycleState(st.rows(idx), cycle.config, cycle.now_ms, cycle.mix, cycle.notes, prechecked=True)
             got = evaluate_on(sub, np.ones(len(idx), dtype=np.bool_))
             if got is not None:
                 _, opts, scores = got

@@ -13,8 +13,8 @@ import numpy as np
 
 from gpufleet.coordinator.scheduler import ClusterState, Scheduler, mig_relayout
 from gpufleet.coordinator.scheduler.framework import CycleState
-from gpufleet.coordinator.scheduler.shape_cache import may_fit
 from gpufleet.coordinator.scheduler.request import request_from_job
+from gpufleet.coordinator.scheduler.shape_cache import may_fit
 from gpufleet.coordinator.scheduler.sim.build import make_job, make_node, placed
 from gpufleet.proto.v1 import types_pb2 as pb
 
@@ -87,7 +87,7 @@ def test_the_summary_precheck_keeps_every_node_the_filters_accept() -> None:
     rng = random.Random(11)
     st = _fleet(16)
     sched = Scheduler()
-    probes = _jobs(rng, 40, "q") + [make_job("c", 0, 2000, 4096), make_job("big", 8, 1000, 1024)]
+    probes = [*_jobs(rng, 40, "q"), make_job("c", 0, 2000, 4096), make_job("big", 8, 1000, 1024)]
     for round_ in range(6):  # fill the fleet step by step, checking every probe shape at each level
         for j in _jobs(rng, 25, f"f{round_}-"):
             p = sched.schedule(st, [j], 0).placement(j.id)
@@ -101,3 +101,10 @@ def test_the_summary_precheck_keeps_every_node_the_filters_accept() -> None:
             accepted = cand.node if res.ok else np.zeros(st.n, dtype=np.bool_)
             kept = may_fit(st, req, idx)
             assert not (accepted & ~kept).any(), (req.describe(), np.flatnonzero(accepted & ~kept))
+            # and on the kept nodes NodeHealth and NodeResources (skipped there) would remove nothing
+            health_and_room = (
+                st.n_ready[: st.n]
+                & (st.n_free_cpu[: st.n] >= req.cpu_milli)
+                & (st.n_free_mem[: st.n] >= req.memory_mib)
+            )
+            assert not (kept & ~health_and_room).any(), req.describe()

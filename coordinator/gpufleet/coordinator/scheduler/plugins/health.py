@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from gpufleet.coordinator.scheduler.framework import Candidates, CycleState
 from gpufleet.coordinator.scheduler.request import Request
-from gpufleet.coordinator.scheduler.types import SUCCESS, Result, Status
+from gpufleet.coordinator.scheduler.types import SKIP, SUCCESS, Result, Status
 
 
 class NodeHealth:
@@ -16,6 +16,8 @@ class NodeHealth:
 
     def filter(self, cycle: CycleState, req: Request, cand: Candidates) -> Result:
         del req  # health does not depend on the request
+        if cycle.prechecked:
+            return SKIP
         st = cycle.state
         n = st.n
         if not cand.narrow(st.n_ready[:n], "not ready, cordoned or draining"):

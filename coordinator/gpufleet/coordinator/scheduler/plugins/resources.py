@@ -13,7 +13,7 @@ class NodeResources:
     name: ClassVar[str] = "NodeResources"
 
     def filter(self, cycle: CycleState, req: Request, cand: Candidates) -> Result:
-        if not req.cpu_milli and not req.memory_mib:
+        if cycle.prechecked or (not req.cpu_milli and not req.memory_mib):
             return SKIP
         st = cycle.state
         n = st.n
