@@ -166,10 +166,12 @@ def throughput(n_nodes: int, seed: int) -> None:
         want += max(j.spec.resources.gpu_milli, 140) * max(1, j.spec.nodes)
     print(f"\n(2) Throughput, {n_nodes} nodes x 8 H100 ({n_nodes // 10} nodes with MIG GPUs), one core")
     print("    (wall time on a shared machine includes waiting for a core; CPU time is this process alone)")
-    n1, wall, cpu = _timed(lambda: len(sched.schedule(st, batch, 0).placements))
+    # a fresh scheduler each time: nothing cached from an earlier run
+    runs = [_timed(lambda: len(Scheduler().schedule(st, batch, 0).placements)) for _ in range(3)]
+    n1, wall, cpu = min(runs, key=lambda r: r[1])
     print(
         f"  one cycle, {len(batch)} pending: {n1} placed in {wall * 1000:.0f} ms = {n1 / wall:.0f}/s "
-        f"(CPU {cpu * 1000:.0f} ms = {n1 / cpu:.0f}/s)"
+        f"(CPU {cpu * 1000:.0f} ms = {n1 / cpu:.0f}/s; best of 3)"
     )
     st2 = ClusterState()
     for n in nodes:

@@ -70,12 +70,21 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
     # row of each option in the flattened (2U, ...) stack: its variant's block, its node's row
     row = inv + node_term.shape[1] * idle
     m = wfeas.shape[2]
-    gpu_term = np.einsum("cm,cm->c", wfeas.reshape(-1, m).take(row, axis=0), gtab.take(f, axis=0))
+    if len(row) > DEDUPE_ABOVE:
+        # many options (a fleet seen for the first time): GPUs of one node with the same free share have the
+        # same term, so compute each distinct (row, free) pair once
+        pair = row * (MILLI + 1) + f
+        uniq, back = np.unique(pair, return_inverse=True)
+        urow, uf = np.divmod(uniq, MILLI + 1)
+        gpu_term = np.einsum("cm,cm->c", wfeas.reshape(-1, m).take(urow, axis=0), gtab.take(uf, axis=0))[back]
+    else:
+        gpu_term = np.einsum("cm,cm->c", wfeas.reshape(-1, m).take(row, axis=0), gtab.take(f, axis=0))
     out: F64 = node_term.reshape(-1).take(row) + gpu_term
     return out + _cpu_strand(cycle, req, s, cpu, d)[inv]
 
 
 _VARIANTS = np.array([[0], [1]], dtype=np.int64)
+DEDUPE_ABOVE = 512
 
 
 def _mix_rows(cycle: CycleState) -> tuple[I64, B, I64, F64]:
