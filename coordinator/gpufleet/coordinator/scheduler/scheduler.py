@@ -175,18 +175,32 @@ class Scheduler:
                     )
                     plan.codes[req.job_id] = Status.WAIT.value
                     return
-        if self.config.preemption and (not res.ok and res.status == Status.UNSCHEDULABLE) and req.nodes <= 1:
+        gang_short = res.ok and req.nodes > 1  # members fit on some nodes, but too few in any one region
+        if self.config.preemption and ((not res.ok and res.status == Status.UNSCHEDULABLE) or gang_short):
+            st = cycle.state
+            mark = st.mark()
+            note = cycle.notes.get("gang_note")
             victims = preemption.find(
-                cycle, req, run.running, run.taken, lambda mask: self.filter(cycle, req, mask)[0].ok
+                cycle,
+                req,
+                run.running,
+                run.taken,
+                lambda mask: self.filter(cycle, req, mask)[0].ok,
+                cand.node.copy() if res.ok else None,
             )
             if victims:
-                for v in victims:
-                    run.taken.add(v.job_id)
-                    plan.preemptions.append(Preemption(v.job_id, v.reason, req.job_id))
                 res2, cand2 = self.filter(cycle, req)
-                run.failed.clear()  # capacity grew
                 if res2.ok and self._place(cycle, run, req, cand2):
+                    for v in victims:
+                        run.taken.add(v.job_id)
+                        plan.preemptions.append(Preemption(v.job_id, v.reason, req.job_id))
+                    run.failed.clear()  # capacity grew
                     return
+                st.rollback(mark)  # the victims stay: the job would not have been placed anyway
+                if note is None:
+                    cycle.notes.pop("gang_note", None)
+                else:
+                    cycle.notes["gang_note"] = note
         if res.ok:  # filters passed but no gang grouping worked
             res = Result(Status.UNSCHEDULABLE, str(cycle.notes.pop("gang_note", "no placement")), "Gang")
         elif res.status == Status.UNSCHEDULABLE and self._never_fits(cycle, req):

@@ -224,3 +224,50 @@ def test_no_relayout_on_a_cordoned_node() -> None:
     plan = sched.schedule(st, [make_job("small", mig_profile="1g.10gb")], clock.now_ms())
     assert not plan.mig_relayouts
     assert "not ready, cordoned or draining" in plan.unplaced["small"]
+
+
+def test_a_high_priority_gang_preempts_in_one_region_and_starts_on_the_freed_nodes() -> None:
+    clock = FakeClock()
+    st = cluster(
+        make_node("e0", gpus=8, region="east", zone="east-a"),
+        make_node("e1", gpus=8, region="east", zone="east-a"),
+        make_node("w0", gpus=8, region="west", zone="west-a"),
+    )
+    sched = Scheduler()
+    run_and_bind(st, sched, [make_job("old-e0", 8, priority="low", preemptible=True)], clock)
+    run_and_bind(st, sched, [make_job("old-e1", 8, priority="low", preemptible=True)], clock)
+    clock.advance(3600)
+    run_and_bind(st, sched, [make_job("young-w0", 8, priority="low", preemptible=True)], clock)
+    clock.advance(60)
+    gang = make_job("train", 8, priority="high", nodes=2)
+    plan = sched.schedule(st, [gang], clock.now_ms())
+    # west alone has too few nodes, so both east jobs go (even though the west one lost less work)
+    assert sorted(p.job_id for p in plan.preemptions) == ["old-e0", "old-e1"]
+    assert all(p.for_job_id == "train" and "higher-priority job train" in p.reason for p in plan.preemptions)
+    placement = plan.placement("train")
+    assert placement is not None
+    assert sorted(a.node for a in placement.assignments) == ["e0", "e1"]
+
+
+def test_a_gang_uses_a_node_that_already_fits_and_preempts_only_the_missing_one() -> None:
+    clock = FakeClock()
+    st = cluster(make_node("a", gpus=4, region="r"), make_node("b", gpus=4, region="r"))
+    sched = Scheduler()
+    run_and_bind(st, sched, [make_job("low", 4, priority="low", preemptible=True)], clock)
+    clock.advance(60)
+    plan = sched.schedule(st, [make_job("g", 4, priority="high", nodes=2)], clock.now_ms())
+    assert [p.job_id for p in plan.preemptions] == ["low"]
+    assert plan.placement("g") is not None
+
+
+def test_a_gang_does_not_preempt_when_it_could_not_start_anyway() -> None:
+    clock = FakeClock()
+    st = cluster(make_node("a", gpus=4, region="r1"), make_node("b", gpus=4, region="r2"))
+    sched = Scheduler()
+    run_and_bind(st, sched, [make_job(f"low{i}", 4, priority="low", preemptible=True) for i in range(2)], clock)
+    clock.advance(60)
+    plan = sched.schedule(st, [make_job("g", 4, priority="high", nodes=2)], clock.now_ms())
+    assert not plan.preemptions  # one node per region: no region can ever hold both members
+    assert "g" in plan.unplaced
+    for name in ("low0", "low1"):  # and nothing was released
+        assert name in st.jobs
