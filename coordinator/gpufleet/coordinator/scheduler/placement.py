@@ -28,9 +28,8 @@ class Member:
 
 def options(req: Request, cand: Candidates) -> Options:
     if req.kind in (KIND_FRACTION, KIND_MIG) and cand.gpu is not None:
-        flat = np.flatnonzero(cand.gpu & cand.node[:, None])
-        g = cand.gpu.shape[1]
-        return Options(flat // g, flat % g)
+        rows, cols = np.nonzero(cand.gpu & cand.node[:, None])
+        return Options(rows, cols)
     nodes = np.flatnonzero(cand.node)
     return Options(nodes, np.full(len(nodes), -1, dtype=np.int64))
 

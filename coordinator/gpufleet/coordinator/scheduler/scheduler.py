@@ -209,9 +209,12 @@ class Scheduler:
 
     def filter(self, cycle: CycleState, req: Request, mask: B | None = None) -> tuple[Result, Candidates]:
         st = cycle.state
-        node = st.n_alive[: st.n].copy()
-        if mask is not None:
-            node &= mask
+        if cycle.prechecked and mask is not None:
+            node = mask.copy()  # the summary check kept live nodes only
+        else:
+            node = st.n_alive[: st.n].copy()
+            if mask is not None:
+                node &= mask
         cand = Candidates(node)
         if req.kind == KIND_MIG:
             cycle.notes.pop("pre_gpu_nodes", None)
