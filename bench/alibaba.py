@@ -69,8 +69,25 @@ def nodes(root: Path | None = None) -> list[pb.Node]:
     ]
 
 
+def pod_lists(root: Path | None = None) -> list[str]:
+    """Every pod list of the trace directory (``openb_pod_list_<name>.csv``): the paper's four first, then the
+    others (any list in that format dropped there is benchmarked too)."""
+    found = sorted(
+        p.name.removeprefix("openb_pod_list_").removesuffix(".csv") for p in csv_dir(root).glob("openb_pod_list_*.csv")
+    )
+    return [n for n in POD_LISTS if n in found] + [n for n in found if n not in POD_LISTS]
+
+
+def pod_list_path(name: str, root: Path | None = None) -> Path:
+    """A pod list by name (``openb_pod_list_<name>.csv`` in the trace) or as a path to such a CSV file."""
+    if name.endswith(".csv"):
+        return Path(name)
+    return csv_dir(root) / f"openb_pod_list_{name}.csv"
+
+
 def pods(name: str = "default", root: Path | None = None) -> list[Pod]:
-    with (csv_dir(root) / f"openb_pod_list_{name}.csv").open() as f:
+    """Rows of a pod list (see :func:`pod_list_path`): name, cpu_milli, memory_mib, num_gpu, gpu_milli, gpu_spec."""
+    with pod_list_path(name, root).open() as f:
         return [
             Pod(
                 r["name"],
@@ -104,7 +121,7 @@ def inflation_jobs(pod_list: list[Pod], capacity_milli: int, target: float = 1.3
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.alibaba", description=__doc__)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--pods", default="default", choices=POD_LISTS)
+    ap.add_argument("--pods", default="default", help="a pod list name of the trace, or a path to a pod list CSV")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--target", type=float, default=1.3)
     args = ap.parse_args(argv)

@@ -47,3 +47,19 @@ def test_replay_of_a_trace_sample_packs_gpus_without_overcommit() -> None:
     assert (st.n_free_cpu[: st.n] >= 0).all()
     assert st.allocated_milli() / capacity > 0.85  # arrivals reached 110% of capacity
     assert all(r for r in res.reasons.values())
+
+
+def test_the_benchmark_finds_every_pod_list_and_reads_one_given_as_a_path(tmp_path: Path) -> None:
+    from bench import alibaba
+
+    lists = alibaba.pod_lists()
+    assert lists[:4] == list(alibaba.POD_LISTS)  # the paper's four first; any other list there follows
+    rows = csv_rows("openb_pod_list_default.csv")[:5]
+    path = tmp_path / "openb_pod_list_mine.csv"
+    path.write_text(
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n"
+        + "".join(f"{r['name']},{r['cpu_milli']},{r['memory_mib']},{r['num_gpu']},{r['gpu_milli']},\n" for r in rows)
+    )
+    pods = alibaba.pods(str(path))
+    assert [p.name for p in pods] == [r["name"] for r in rows]
+    assert all(p.gpu_request_milli >= 0 for p in pods)
