@@ -263,6 +263,25 @@ def test_high_priority_job_preempts_preemptible_work(fleet: Fleet) -> None:
         fleet.api().jobs.CancelJob(jpb.CancelJobRequest(id=j.id), timeout=5)
 
 
+def test_high_priority_gang_preempts_on_both_nodes_and_runs(fleet: Fleet) -> None:
+    low = [
+        fleet.submit(job_spec(["sleep", "60"], nodes=1, priority="low", preemptible=True, team="batch")).job
+        for _ in range(4)
+    ]
+    for j in low:
+        fleet.wait_job(j.id, lambda x: x.state == lc.RUNNING)
+    gang = fleet.submit(job_spec(["true"], gpu_milli=2000, nodes=2, priority="critical", name="train")).job
+    done = fleet.wait_job(gang.id, lambda x: x.state in lc.TERMINAL)
+    assert done.state == lc.SUCCEEDED, done
+    assert sorted(a.node for a in done.assignments) == ["node-1", "node-2"]
+    victims = [fleet.get_job(j.id) for j in low]
+    for v in victims:  # the gang needed every GPU of both nodes: all four went, each told why
+        edge = next(t for t in v.history if t.to_state == lc.PREEMPTED)
+        assert gang.id in edge.message, edge
+    for j in low:
+        fleet.api().jobs.CancelJob(jpb.CancelJobRequest(id=j.id), timeout=5)
+
+
 def test_job_whose_deadline_passed_fails_and_says_why(fleet: Fleet) -> None:
     spec = job_spec(["true"], nodes=1, deadline_ms=int(time.time() * 1000) + 300)
     spec.resources.gpu_milli = 64000  # cannot fit before its deadline
