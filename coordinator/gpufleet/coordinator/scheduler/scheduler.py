@@ -195,6 +195,7 @@ class Scheduler:
                         run.taken.add(v.job_id)
                         plan.preemptions.append(Preemption(v.job_id, v.reason, req.job_id))
                     run.failed.clear()  # capacity grew
+                    cycle.notes.pop("gang_note", None)
                     return
                 st.rollback(mark)  # the victims stay: the job would not have been placed anyway
                 if note is None:

@@ -598,8 +598,8 @@ class ClusterState:
     # ------------------------------------------------------------------ compact views
     # the rows filters and scores read (gangs and per-model quotas never use compact views)
     _ROW_ARRAYS = (
-        "g_valid", "g_usable", "g_open", "g_mig_ok", "g_healthy", "g_mig", "g_blocked", "g_model", "g_total_mib", "g_free_milli",
-        "g_free_mib", "n_alive", "n_ready", "n_spot", "n_region", "n_provider", "n_price", "n_cpu",
+        "g_valid", "g_usable", "g_open", "g_mig_ok", "g_healthy", "g_mig", "g_blocked", "g_model", "g_total_mib",
+        "g_free_milli", "g_free_mib", "n_alive", "n_ready", "n_spot", "n_region", "n_provider", "n_price", "n_cpu",
         "n_free_cpu", "n_free_mem", "n_usable", "n_free_whole", "n_free_milli", "n_sigma",
     )  # fmt: skip
 
