@@ -14,6 +14,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpufleet.common import node_labels
 from gpufleet.common.errors import InvalidInputError, Problem
 
 _DATA = Path(__file__).resolve().parent / "data"  # in an installed wheel (pyproject force-include)
@@ -58,7 +59,7 @@ def _toml_str(value: str) -> str:
 
 
 def agent_toml(cfg: BootstrapConfig, facts: NodeFacts) -> str:
-    labels = {**cfg.extra_labels, **facts.labels, "gpufleet.io/pool": facts.pool}
+    labels = {**cfg.extra_labels, **facts.labels, node_labels.POOL: facts.pool}
     lines = [
         f"name = {_toml_str(facts.node_name)}",
         f"coordinators = [{', '.join(_toml_str(c) for c in cfg.coordinators)}]",

@@ -28,6 +28,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from gpufleet.common import node_labels
 from gpufleet.common.errors import InvalidInputError
 from gpufleet.common.gpu_models import MODELS, GpuModel, plan_layout
 from gpufleet.coordinator.autoscaler.config import AutoscalerConfig, NodePoolConfig, SpotMode
@@ -38,7 +39,7 @@ from gpufleet.proto.v1 import types_pb2 as pb
 
 UNITS = 720720  # lcm(1..16): a node's capacity; exact footprints for up to 16 jobs per node
 PROBE_LIMIT = 64  # at most this many copies per type when asking the scheduler
-PRICE_LABEL = "gpufleet.io/price-micros-per-gpu-hour"
+PRICE_LABEL = node_labels.PRICE
 
 ResourceKey = tuple[int, int, tuple[str, ...], str, int, int]
 OfferKey = tuple[str, str, str, bool]  # provider, region, type, spot

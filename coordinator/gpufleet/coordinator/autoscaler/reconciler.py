@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from gpufleet.common import node_labels
 from gpufleet.common.clock import Clock, SystemClock
 from gpufleet.common.errors import (
     GpuFleetError,
@@ -231,6 +232,7 @@ class Reconciler:
             if self.bootstrap is not None:
                 pool = next((p for p in self.config.pools if p.name == inst.pool), None)
                 labels = dict(pool.labels) if pool is not None else {}
+                labels.setdefault(node_labels.PRICE, str(self._gpu_hour_price(inst)))
                 facts = NodeFacts(
                     inst.node, inst.pool, inst.provider, inst.region, inst.instance_type, inst.spot, inst.zone, labels
                 )
@@ -263,6 +265,14 @@ class Reconciler:
         inst.cloud_id, inst.zone = launched[0].cloud_id, launched[0].zone or inst.zone
         self._move(inst, S.BOOTING, "launched")
         return [Action("launch", inst.id, inst.cloud_id)]
+
+    def _gpu_hour_price(self, inst: Instance) -> int:
+        """What one GPU-hour of the machine costs (the offer's price over its GPU count): the node's price label,
+        which cost reports charge and job price ceilings are checked against."""
+        itype = None
+        if inst.provider in self.catalog.providers:
+            itype = self.catalog.provider(inst.provider).types.get(inst.instance_type)
+        return inst.price_micros // max(1, itype.gpu_count if itype is not None else 1)
 
     def _max_price(self, inst: Instance) -> int:
         pool = next((p for p in self.config.pools if p.name == inst.pool), None)

@@ -12,14 +12,13 @@ binds what it commits.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 
 import numpy as np
 import numpy.typing as npt
 
-from gpufleet.common import gpu_models
+from gpufleet.common import gpu_models, node_labels
 from gpufleet.common.errors import InvalidInputError
 from gpufleet.coordinator.scheduler.mix import THRESHOLDS, WorkloadMix
 from gpufleet.coordinator.scheduler.request import MILLI, Request, request_from_job
@@ -28,9 +27,6 @@ from gpufleet.proto.v1 import types_pb2 as pb
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
 B = npt.NDArray[np.bool_]
-
-PRICE_LABELS = ("gpufleet.io/price-micros-per-gpu-hour", "price_micros")
-PRICE_DOLLAR_LABELS = ("gpufleet.io/price", "price")
 
 
 @dataclass(slots=True)
@@ -70,20 +66,15 @@ class BoundJob:
     mix_key: tuple[int, int, int] | None = None  # (milli_per_gpu, gpus, cpu) added to the mix
 
 
-def _price_micros(labels: dict[str, str]) -> int:
-    for k in PRICE_LABELS:
-        if k in labels:
-            try:
-                return int(labels[k])
-            except ValueError:
-                return -1
-    for k in PRICE_DOLLAR_LABELS:
-        if k in labels:
-            try:
-                return int(Decimal(labels[k]) * 1_000_000)
-            except InvalidOperation:
-                return -1
-    return -1
+UNKNOWN_PRICE = np.iinfo(np.int64).max // 4  # a malformed price label: above every price ceiling
+
+
+def _price_micros(labels: Mapping[str, str]) -> int:
+    """Price per GPU-hour for the scheduler: an unlabeled node is owned hardware (0)."""
+    price = node_labels.price_micros(labels)
+    if price is None:
+        return 0
+    return int(UNKNOWN_PRICE) if price < 0 else price
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,7 +386,7 @@ class ClusterState:
         self.n_provider[i] = self.providers.id(inv.provider)
         self.n_region[i] = self.regions.id(f"{inv.provider}/{inv.region}")
         self.n_zone[i] = self.zones.id(f"{inv.provider}/{inv.region}/{inv.zone}")
-        self.n_price[i] = _price_micros(dict(inv.labels))
+        self.n_price[i] = _price_micros(inv.labels)
         self.n_cpu[i] = self.n_free_cpu[i] = int(inv.cpu_milli)
         self.n_mem[i] = self.n_free_mem[i] = int(inv.memory_mib)
         self.n_gpus[i] = g

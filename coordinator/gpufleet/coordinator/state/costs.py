@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gpufleet.common import lifecycle as lc
+from gpufleet.common import node_labels
 from gpufleet.common.clock import Clock
 from gpufleet.common.errors import InvalidInputError, Problem, StoreError
 from gpufleet.common.gpu_models import MIG_COMPUTE_SLICES, all_mig_profile_names
@@ -21,7 +22,7 @@ from gpufleet.coordinator.store.base import ClusterStore
 from gpufleet.proto.v1 import cluster_pb2 as cpb
 from gpufleet.proto.v1 import types_pb2 as pb
 
-PRICE_LABEL = "gpufleet.io/price-per-gpu-hour-micros"
+PRICE_LABEL = node_labels.PRICE
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 
@@ -72,11 +73,11 @@ class CostAccountant:
     def price(self, job: pb.Job, nodes: dict[str, pb.Node]) -> int:
         for a in job.assignments:
             node = nodes.get(a.node)
-            if node is not None and PRICE_LABEL in node.inventory.labels:
-                try:
-                    return int(node.inventory.labels[PRICE_LABEL])
-                except ValueError:
-                    break
+            if node is not None:
+                price = node_labels.price_micros(node.inventory.labels)
+                if price is not None and price >= 0:
+                    return price
+                break
         return self.config.default_price_micros_per_gpu_hour
 
     def job_cost(self, job: pb.Job, nodes: dict[str, pb.Node], start_ms: int, end_ms: int) -> tuple[int, int]:

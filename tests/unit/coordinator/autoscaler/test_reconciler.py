@@ -303,3 +303,39 @@ async def test_records_persist_in_the_cluster_store(tmp_path: Path) -> None:
         assert await storage.load() == []
     finally:
         await store.close()
+
+
+async def test_a_launched_node_is_labelled_with_its_price_per_gpu_hour() -> None:
+    import tomllib
+
+    from gpufleet.common import node_labels
+    from gpufleet.coordinator.autoscaler.bootstrap import BootstrapConfig
+    from gpufleet.coordinator.providers.base import LaunchRequest, ProviderInstance
+
+    seen: list[LaunchRequest] = []
+
+    class Recording(FakeProvider):
+        async def launch(self, request: LaunchRequest) -> list[ProviderInstance]:
+            seen.append(request)
+            return await super().launch(request)
+
+    w = World()
+    w.cloud = Recording(clock=w.clock)
+    w.rec = Reconciler(
+        w.config,
+        Catalog.builtin(["fake"]),
+        ProviderRegistry([w.cloud]),
+        w.storage,
+        w.cluster.ports(),
+        clock=w.clock,
+        bootstrap=BootstrapConfig(coordinators=("127.0.0.1:7070",)),
+    )
+    w.cluster.pending = [job("a", model="L4")]
+    await w.rec.reconcile_once()
+    assert len(seen) == 1
+    inst = w.live()[0]
+    itype = Catalog.builtin(["fake"]).provider("fake").types[inst.instance_type]
+    toml_text = seen[0].user_data.split("content: |\n", 1)[1].split("\n  - path:", 1)[0]
+    conf = tomllib.loads("\n".join(line.removeprefix("      ") for line in toml_text.splitlines()))
+    assert conf["labels"][node_labels.PRICE] == str(inst.price_micros // itype.gpu_count)
+    assert inst.price_micros > 0

@@ -169,6 +169,21 @@ def test_region_spot_price_and_model_constraints() -> None:
     assert "spot (job says spot: never)" in plan.unplaced["x"]
 
 
+def test_price_ceilings_read_the_documented_node_label() -> None:
+    from gpufleet.common import node_labels
+
+    st = cluster(
+        make_node("labelled-dear", gpus=4, labels={node_labels.PRICE: "4000000"}),
+        make_node("garbled", gpus=4, labels={node_labels.PRICE: "four dollars"}),
+        make_node("owned", gpus=1),  # no price label: owned hardware, price 0
+    )
+    s = Scheduler()
+    plan = s.schedule(st, [make_job(f"c{i}", 1, max_price_micros=3_000_000, created_ms=i) for i in range(2)], 0)
+    assert [p.assignments[0].node for p in plan.placements] == ["owned"]
+    assert "2 nodes above the price ceiling $3.00/GPU-hour" in plan.unplaced["c1"], plan.unplaced
+    assert s.schedule(st, [make_job("any", 1)], 0).placements  # without a ceiling every node is fine
+
+
 # ---------------------------------------------------------------- MIG
 
 

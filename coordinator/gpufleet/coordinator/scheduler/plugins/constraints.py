@@ -1,6 +1,7 @@
 """PlacementConstraints filter: provider, region, spot policy and price ceiling from the job's placement.
 
-Nodes without a price label count as price 0 (on-premises capacity) and pass any ceiling.
+Nodes without a price label (`gpufleet.io/price-per-gpu-hour-micros`) count as price 0 (owned hardware) and pass any
+ceiling; a malformed price passes none.
 """
 
 from __future__ import annotations

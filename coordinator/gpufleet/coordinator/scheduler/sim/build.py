@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gpufleet.common import gpu_models
+from gpufleet.common import gpu_models, node_labels
 from gpufleet.common.jobspec import PRIORITY_CLASSES
 from gpufleet.proto.v1 import types_pb2 as pb
 
@@ -54,7 +54,7 @@ def make_node(
     if labels:
         inv.labels.update(labels)
     if price_micros >= 0:
-        inv.labels["price_micros"] = str(price_micros)
+        inv.labels[node_labels.PRICE] = str(price_micros)
     for g in range(gpus):
         numa = g // numa_per if numa_per else 0
         gpu = inv.gpus.add(
