@@ -94,7 +94,9 @@ class FilterPlugin(Protocol):
 class ScorePlugin(Protocol):
     name: ClassVar[str]
 
-    def score(self, cycle: CycleState, req: Request, opts: Options) -> I64: ...
+    def score(self, cycle: CycleState, req: Request, opts: Options) -> I64 | None:
+        """One integer per option, or None when the plugin has no opinion on this request (all options equal)."""
+        ...
 
 
 class PermitPlugin(Protocol):

@@ -7,8 +7,10 @@ Order matters:
   NodeResources, then the GPU filters (GpuFit for fractions/whole GPUs, Mig for slices), and the per-model
   Quota last so it only counts nodes that could otherwise take the job.
 * scores (absolute integers, so per-node results can be cached within a cycle): Fragmentation (minus the
-  milli-GPU of expected stranded capacity a placement adds, FGD) dominates; BinPack (0..1000) breaks ties
-  towards fuller nodes/GPUs; Spread only speaks for jobs that ask to be spread.
+  milli-GPU of expected stranded capacity a placement adds, FGD) dominates; Price (0..1000 from $10 per
+  GPU-hour down to free, weight 32: $1/GPU-hour weighs like 100 milli-GPU of fragmentation; silent when all
+  nodes cost the same) fills owned and cheap nodes first; BinPack (0..1000) breaks ties towards fuller
+  nodes/GPUs; Spread only speaks for jobs that ask to be spread.
 * permit: Gang (all members reserved or none).
 """
 
@@ -25,6 +27,7 @@ from gpufleet.coordinator.scheduler.plugins.gang import Gang
 from gpufleet.coordinator.scheduler.plugins.gpu_fit import GpuFit
 from gpufleet.coordinator.scheduler.plugins.health import NodeHealth
 from gpufleet.coordinator.scheduler.plugins.mig import Mig
+from gpufleet.coordinator.scheduler.plugins.price import Price
 from gpufleet.coordinator.scheduler.plugins.quota import Quota
 from gpufleet.coordinator.scheduler.plugins.resources import NodeResources
 from gpufleet.coordinator.scheduler.plugins.spread import Spread
@@ -36,7 +39,7 @@ DEFAULT_PROFILE = Profile(
     name="default",
     pre_filter=_PRE,
     filter=_FILTERS,
-    score=((Fragmentation(), 32), (BinPack(), 1), (Spread(), 64)),
+    score=((Fragmentation(), 32), (Price(), 32), (BinPack(), 1), (Spread(), 64)),
     permit=(Gang(),),
 )
 BINPACK_PROFILE = Profile("binpack", _PRE, _FILTERS, ((BinPack(), 1), (Spread(), 1)), (Gang(),))

@@ -266,10 +266,12 @@ class Scheduler:
         return True
 
     def _scores(self, cycle: CycleState, req: Request, opts: Options) -> I64:
-        total = np.zeros(len(opts), dtype=np.int64)
+        total: I64 | None = None
         for plugin, weight in self.profile.score:
-            total += weight * plugin.score(cycle, req, opts)
-        return total
+            s = plugin.score(cycle, req, opts)
+            if s is not None:
+                total = weight * s if total is None else total + weight * s
+        return total if total is not None else np.zeros(len(opts), dtype=np.int64)
 
     def _choose(self, cycle: CycleState, req: Request, cand: Candidates) -> list[Member]:
         st = cycle.state

@@ -171,6 +171,7 @@ class ClusterState:
         self.team_milli: dict[str, int] = {}
         self.team_model_milli: dict[tuple[str, str], int] = {}
         self.mix = WorkloadMix()
+        self._prices: dict[int, int] = {}  # price per GPU-hour -> live nodes at it
         self.mig_free: dict[str, I64] = {}
         self.version = 0  # bumps on every change; plugins may cache per version
         self._undo: list[_UndoAlloc | _UndoRelease | _UndoBlock] | None = None
@@ -325,7 +326,9 @@ class ClusterState:
         inv = node.inventory
         name = inv.name
         i = self.index.get(name)
-        if i is None:
+        if i is not None:
+            self._count_price(int(self.n_price[i]), -1)  # re-counted below
+        else:
             if self._free_slots:
                 i = self._free_slots.pop()
             else:
@@ -386,7 +389,8 @@ class ClusterState:
         self.n_provider[i] = self.providers.id(inv.provider)
         self.n_region[i] = self.regions.id(f"{inv.provider}/{inv.region}")
         self.n_zone[i] = self.zones.id(f"{inv.provider}/{inv.region}/{inv.zone}")
-        self.n_price[i] = _price_micros(inv.labels)
+        self.n_price[i] = price = _price_micros(inv.labels)
+        self._count_price(price, +1)
         self.n_cpu[i] = self.n_free_cpu[i] = int(inv.cpu_milli)
         self.n_mem[i] = self.n_free_mem[i] = int(inv.memory_mib)
         self.n_gpus[i] = g
@@ -400,6 +404,7 @@ class ClusterState:
         i = self.index.pop(name, None)
         if i is None:
             return
+        self._count_price(int(self.n_price[i]), -1)
         self.names[i] = ""
         self.nodes[i] = None
         self.n_alive[i] = False
@@ -414,6 +419,17 @@ class ClusterState:
         self.mig_slots[i] = []
         self._refresh(i)
         self._free_slots.append(i)
+
+    def _count_price(self, price: int, sign: int) -> None:
+        left = self._prices.get(price, 0) + sign
+        if left > 0:
+            self._prices[price] = left
+        else:
+            self._prices.pop(price, None)
+
+    def prices_vary(self) -> bool:
+        """Whether the live nodes do not all have the same price per GPU-hour."""
+        return len(self._prices) > 1
 
     def node(self, name: str) -> pb.Node | None:
         i = self.index.get(name)
@@ -637,6 +653,7 @@ class _Rows(ClusterState):
             parent.providers,
         )
         self.team_milli, self.team_model_milli = parent.team_milli, parent.team_model_milli
+        self._prices = parent._prices
         self.mig_free = {}
 
     def __getattr__(self, name: str) -> npt.NDArray[np.generic]:

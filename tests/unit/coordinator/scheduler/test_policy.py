@@ -184,6 +184,20 @@ def test_price_ceilings_read_the_documented_node_label() -> None:
     assert s.schedule(st, [make_job("any", 1)], 0).placements  # without a ceiling every node is fine
 
 
+def test_owned_and_cheaper_nodes_fill_first() -> None:
+    from gpufleet.common import node_labels
+
+    st = cluster(
+        make_node("cloud-dear", gpus=4, labels={node_labels.PRICE: "4000000"}),
+        make_node("cloud-cheap", gpus=4, labels={node_labels.PRICE: "1500000"}),
+        make_node("owned", gpus=4),  # no price label: owned hardware
+    )
+    jobs = [make_job(f"j{i}", 1, created_ms=i) for i in range(12)]
+    plan = Scheduler().schedule(st, jobs, 0)
+    nodes = [p.assignments[0].node for p in plan.placements]
+    assert nodes == ["owned"] * 4 + ["cloud-cheap"] * 4 + ["cloud-dear"] * 4
+
+
 # ---------------------------------------------------------------- MIG
 
 

@@ -138,8 +138,8 @@ class Fragmentation:
 
     name: ClassVar[str] = "Fragmentation"
 
-    def score(self, cycle: CycleState, req: Request, opts: Options) -> I64:
+    def score(self, cycle: CycleState, req: Request, opts: Options) -> I64 | None:
         if req.kind == KIND_MIG or len(cycle.mix) == 0 or len(opts) == 0:
-            return np.zeros(len(opts), dtype=np.int64)
+            return None
         out: I64 = np.rint(-frag_delta(cycle, req, opts)).astype(np.int64)
         return out

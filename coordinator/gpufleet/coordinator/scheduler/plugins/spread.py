@@ -18,9 +18,9 @@ class Spread:
     def __init__(self, always: bool = False) -> None:
         self.always = always
 
-    def score(self, cycle: CycleState, req: Request, opts: Options) -> I64:
+    def score(self, cycle: CycleState, req: Request, opts: Options) -> I64 | None:
         if not (req.spread or self.always):
-            return np.zeros(len(opts), dtype=np.int64)
+            return None
         st = cycle.state
         nodes = opts.node
         cap = np.maximum(st.n_usable[nodes], 1) * MILLI
