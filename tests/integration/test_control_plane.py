@@ -298,3 +298,31 @@ def test_job_over_its_gpu_memory_limit_fails_with_the_agents_reason(fleet: Fleet
     failed = fleet.wait_job(job.id, lambda j: j.state in lc.TERMINAL, timeout_s=40)
     assert failed.state == lc.FAILED and failed.reason == "GPU_MEMORY_LIMIT_EXCEEDED", failed
     assert failed.message
+
+
+def test_finished_jobs_are_removed_after_retention_and_their_cost_stays(fleet_factory: Callable[..., Fleet]) -> None:  # noqa: F811
+    from gpufleet.proto.v1 import cluster_pb2 as cpb
+
+    f = fleet_factory(
+        extra_env={"GPUFLEET_COORDINATOR__JOBS__RETENTION_S": "1", "GPUFLEET_COORDINATOR__JOBS__GC_INTERVAL_S": "0.2"}
+    )
+    f.start_coordinator("c1")
+    f.start_agent("node-1", gpus="H100-80GB:1")
+    f.wait_nodes(1)
+    api = f.api()
+    job = f.submit(job_spec(["sleep", "1"], nodes=1, team="vision", project="cats")).job
+    assert f.wait_job(job.id, lambda x: x.state in lc.TERMINAL).state == lc.SUCCEEDED
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            api.jobs.GetJob(jpb.GetJobRequest(id=job.id), timeout=5)
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.NOT_FOUND, e
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"job {job.id} was never removed")
+    assert job.id not in {j.id for j in api.jobs.ListJobs(jpb.ListJobsRequest(), timeout=5).jobs}
+    report = api.cost.GetCostReport(cpb.GetCostReportRequest(group_by=cpb.COST_GROUP_BY_PROJECT), timeout=5)
+    rows = {r.key: r for r in report.rows}
+    assert rows["vision/cats"].cost_micros > 0 and rows["vision/cats"].jobs == 1, report

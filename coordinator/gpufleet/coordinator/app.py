@@ -22,6 +22,7 @@ from gpufleet.coordinator.state.leader import LeaderRuntime
 from gpufleet.coordinator.state.liveness import LivenessChecker
 from gpufleet.coordinator.state.nodes import NodeManager, NodeReader
 from gpufleet.coordinator.state.reconcile import AgentReconciler
+from gpufleet.coordinator.state.retention import JobRetention
 from gpufleet.coordinator.state.scheduling import SchedulingLoop
 from gpufleet.coordinator.state.sessions import AgentSessions
 from gpufleet.coordinator.state.stopping import StopTracker
@@ -77,6 +78,7 @@ class Coordinator:
             self.costs,
             settings.cost.budget_refresh_s,
             resign=self.elector.resign,
+            retention=JobRetention(self.view, self.costs, settings.jobs, self.clock, settings.scheduling.txn_chunk),
         )
         self.elector.add_subsystem(self.runtime)
         #: ClusterService.ListInstances answers with this (the autoscaler sets it)

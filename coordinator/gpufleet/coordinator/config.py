@@ -88,6 +88,14 @@ class DrainConfig(_Section):
     default_deadline_s: int = Field(default=300, ge=0)
 
 
+class JobsConfig(_Section):
+    retention_s: float = Field(default=604_800.0, ge=0)
+    """How long a finished job (succeeded, failed, cancelled) is kept after it ended; then the leader removes it
+    and keeps what it cost per day, team and project. 0 keeps finished jobs forever (the store grows)."""
+    gc_interval_s: float = Field(default=60.0, gt=0)
+    """How often the leader looks for finished jobs past their retention."""
+
+
 class CostConfig(_Section):
     default_price_micros_per_gpu_hour: int = Field(default=2_000_000, ge=0)
     """Price of one GPU-hour on a node without the ``gpufleet.io/price-per-gpu-hour-micros`` label."""
@@ -112,6 +120,7 @@ class CoordinatorSettings(BaseSettings):
     scheduling: SchedulingConfig = SchedulingConfig()
     drain: DrainConfig = DrainConfig()
     cost: CostConfig = CostConfig()
+    jobs: JobsConfig = JobsConfig()
     scheduler: dict[str, Any] = Field(default_factory=dict)
     """Passed to the scheduler's ``SchedulerConfig`` (team quotas, ...); validated there."""
     autoscaler: dict[str, Any] | None = None

@@ -223,6 +223,47 @@ async def test_cost_report_uses_run_time_share_and_node_price(leader: Leader) ->
     assert [(r.key, r.cost_micros, r.jobs) for r in report.rows] == [("ml", 1_000_000, 1)]  # 0.5 GPU x 0.5 h x $4
 
 
+async def test_finished_jobs_past_retention_are_removed_and_their_cost_kept_per_day(leader: Leader) -> None:
+    from gpufleet.coordinator.config import JobsConfig
+    from gpufleet.coordinator.state.retention import JobRetention
+    from gpufleet.proto.v1 import cluster_pb2 as cpb
+
+    day = 86_400_000
+    leader.clock.advance((day - leader.clock.now_ms() % day - 1_800_000) / 1000)  # 23:30 UTC
+    inv = _inventory()
+    inv.labels[PRICE_LABEL] = "4000000"  # $4 per GPU-hour
+    await leader.nodes.register(inv)
+    old_job, _ = await leader.jobs.submit(_spec(), "req-old")
+    j = copy_job(leader.view.job(old_job.id))
+    job_rules.place(j, [pb.TaskAssignment(node="n1")], now_ms=leader.clock.now_ms())
+    t0 = leader.clock.now_ms()
+    job_rules.mark_running(j, node="n1", now_ms=t0)
+    job_rules.record_exit(j, apb.LocalJob(state=apb.LOCAL_JOB_STATE_EXITED), node="n1", now_ms=t0 + 3_600_000)
+    assert await leader.view.commit(jobs=[j])  # 1 GPU for 1 h across midnight: $4, half on each day
+    leader.clock.advance(3_600)  # now: when it ended
+    running = await _placed_on(leader, "n1")  # active jobs are never removed
+    costs = CostAccountant(leader.store, CostConfig(), leader.clock)
+    window = (t0 - day, t0 + 3 * day)
+    before = await costs.report(*window, cpb.COST_GROUP_BY_PROJECT, "")
+    assert [(r.key, r.cost_micros) for r in before.rows] == [("ml/p", 4_000_000)]
+    gc = JobRetention(leader.view, costs, JobsConfig(retention_s=7200), leader.clock, chunk=48)
+    leader.clock.advance(3_600 + 1_800)  # ended 1.5 h ago: kept
+    assert await gc.collect_once() == 0 and old_job.id in leader.view.jobs
+    leader.clock.advance(3_600)  # 2.5 h: past the 2 h retention
+    assert await gc.collect_once() == 1
+    assert old_job.id not in leader.view.jobs and running.id in leader.view.jobs
+    assert await leader.store.get(keys.job_key(old_job.id)) is None
+    assert await leader.store.get(keys.request_key("req-old")) is None
+    days, _ = await leader.store.range(keys.COSTS)
+    assert [cpb.CostDay.FromString(kv.value).rows[0].cost_micros for kv in days] == [2_000_000, 2_000_000]
+    after = await costs.report(*window, cpb.COST_GROUP_BY_PROJECT, "")
+    assert [(r.key, r.cost_micros) for r in after.rows] == [("ml/p", 4_000_000)]  # nothing lost
+    by_job = await costs.report(*window, cpb.COST_GROUP_BY_JOB, "")
+    assert "ml/p (removed jobs)" in [r.key for r in by_job.rows]
+    again, created = await leader.jobs.submit(_spec(), "req-old")  # its request id is free again
+    assert created and again.id != old_job.id
+
+
 async def test_drained_job_is_held_until_its_agent_confirms_the_stop(leader: Leader) -> None:
     await leader.nodes.register(_inventory())
     session = leader.sessions.open("n1", "agent-1")

@@ -4,6 +4,8 @@ A job's run intervals come from its history (entering RUNNING until the next tra
 share is the sum of ``gpu_milli`` over its current assignments, or, once those are gone (requeued), what its spec
 asks for (a MIG slice counts as its compute fraction of the GPU). The price is the node's
 ``gpufleet.io/price-per-gpu-hour-micros`` label when set, else ``cost.default_price_micros_per_gpu_hour``.
+Finished jobs removed after their retention (``state/retention.py``) live on as ``pb.CostDay`` records: what they
+cost per UTC day, team and project; reports and budgets add a day's record when the day starts in the window.
 """
 
 from __future__ import annotations
@@ -86,11 +88,29 @@ class CostAccountant:
         milli_ms = gpu_milli(job) * ms
         return milli_ms // 1000, milli_ms * self.price(job, nodes) // (1000 * HOUR_MS)
 
+    def day_costs(self, job: pb.Job, nodes: dict[str, pb.Node], now_ms: int) -> dict[int, tuple[int, int]]:
+        """(gpu milli-seconds, cost micros) of ``job`` per UTC day it ran (day start in Unix ms)."""
+        days: set[int] = set()
+        for a, b in run_intervals(job, now_ms):
+            days.update(range(a - a % DAY_MS, b, DAY_MS))
+        out: dict[int, tuple[int, int]] = {}
+        for day in sorted(days):
+            milli_s, micros = self.job_cost(job, nodes, day, day + DAY_MS)
+            if milli_s or micros:
+                out[day] = (milli_s, micros)
+        return out
+
     async def _records(self) -> tuple[list[pb.Job], dict[str, pb.Node]]:
         job_kvs, _ = await self.store.range(keys.JOBS)
         node_kvs, _ = await self.store.range(keys.NODES)
         nodes = {n.inventory.name: n for n in (keys.node_from_kv(kv) for kv in node_kvs)}
         return [keys.job_from_kv(kv) for kv in job_kvs], nodes
+
+    async def _days(self, start_ms: int, end_ms: int) -> list[cpb.CostDay]:
+        """Cost records of removed jobs for the days starting in [start_ms, end_ms)."""
+        kvs, _ = await self.store.range(keys.COSTS)
+        days = [cpb.CostDay.FromString(kv.value) for kv in kvs]
+        return [d for d in days if start_ms <= d.day_start_ms < end_ms]
 
     async def report(self, start_ms: int, end_ms: int, group_by: int, team: str) -> cpb.CostReport:
         end = end_ms or self.clock.now_ms()
@@ -115,6 +135,20 @@ class CostAccountant:
             row.milli_ms += milli_s
             row.micros += micros
             row.jobs += 1
+        for day in await self._days(start, end):
+            for gone in day.rows:
+                if team and gone.team != team:
+                    continue
+                if group_by == cpb.COST_GROUP_BY_JOB:
+                    key = f"{gone.team}/{gone.project} (removed jobs)"
+                elif group_by == cpb.COST_GROUP_BY_PROJECT:
+                    key = f"{gone.team}/{gone.project}"
+                else:
+                    key = gone.team
+                row = rows.setdefault(key, _Row())
+                row.milli_ms += gone.gpu_milli_seconds
+                row.micros += gone.cost_micros
+                row.jobs += gone.jobs
         out = cpb.CostReport(start_ms=start, end_ms=end)
         for key in sorted(rows, key=lambda k: -rows[k].micros):
             r = rows[key]
@@ -135,8 +169,11 @@ class CostAccountant:
         jobs, nodes = await self._records()
         now = self.clock.now_ms()
         out = []
+        days = await self._days(0, now + 1)
         for b in stored:
-            spent = sum(self.job_cost(j, nodes, now - b.period_s * 1000, now)[1] for j in jobs if j.spec.team == b.team)
+            start = now - b.period_s * 1000
+            spent = sum(self.job_cost(j, nodes, start, now)[1] for j in jobs if j.spec.team == b.team)
+            spent += sum(r.cost_micros for d in days if d.day_start_ms >= start for r in d.rows if r.team == b.team)
             filled = cpb.Budget(team=b.team, limit_micros=b.limit_micros, period_s=b.period_s, spent_micros=spent)
             out.append(filled)
         return out

@@ -193,6 +193,18 @@ class FleetView:
                 return node
         raise StoreError(f"node {name}: gave up after {attempts} conflicting writes")
 
+    def forget_jobs(self, job_ids: Sequence[str]) -> None:
+        """Drop finished jobs the leader has just removed from the store (``state/retention.py``). Nothing listens
+        for them: a finished job holds no capacity and has nothing left to run."""
+        for job_id in job_ids:
+            job = self.jobs.pop(job_id, None)
+            if job is None:
+                continue
+            if job.request_id and self.requests.get(job.request_id) == job_id:
+                del self.requests[job.request_id]
+            for n in job_nodes(job):
+                self.on_node.get(n, set()).discard(job_id)
+
     # ------------------------------------------------------------------ internals
 
     async def _resync(self, jobs: Sequence[pb.Job], nodes: Sequence[pb.Node]) -> None:

@@ -5,6 +5,7 @@
 /gpufleet/requests/<request id>  job id      (SubmitJob idempotency index)
 /gpufleet/nodes/<node name>      pb.Node     (inventory, state, cordon/drain; no telemetry or heartbeat)
 /gpufleet/budgets/<team>         pb.Budget
+/gpufleet/costs/<day start ms>   pb.CostDay  (cost of removed finished jobs, per team and project)
 ```
 ``/gpufleet/leader`` and ``/gpufleet/replicas/`` belong to the leader elector.
 """
@@ -19,6 +20,7 @@ JOBS = ROOT + "jobs/"
 REQUESTS = ROOT + "requests/"
 NODES = ROOT + "nodes/"
 BUDGETS = ROOT + "budgets/"
+COSTS = ROOT + "costs/"
 REPLICAS = ROOT + "replicas/"
 
 
@@ -36,6 +38,10 @@ def node_key(name: str) -> str:
 
 def budget_key(team: str) -> str:
     return BUDGETS + team
+
+
+def cost_day_key(day_start_ms: int) -> str:
+    return COSTS + f"{day_start_ms:013d}"
 
 
 def job_from_kv(kv: KeyValue) -> pb.Job:

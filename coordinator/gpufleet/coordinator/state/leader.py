@@ -19,6 +19,7 @@ from gpufleet.common.retry import RetryPolicy, retry_async
 from gpufleet.coordinator.state.costs import CostAccountant
 from gpufleet.coordinator.state.fleet import FleetView
 from gpufleet.coordinator.state.liveness import LivenessChecker
+from gpufleet.coordinator.state.retention import JobRetention
 from gpufleet.coordinator.state.scheduling import SchedulingLoop
 from gpufleet.coordinator.state.sessions import AgentSessions
 from gpufleet.proto.v1 import types_pb2 as pb
@@ -38,6 +39,7 @@ class LeaderRuntime:
         costs: CostAccountant,
         budget_refresh_s: float,
         resign: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        retention: JobRetention | None = None,
     ) -> None:
         self.resign = resign
         self.view = view
@@ -46,6 +48,7 @@ class LeaderRuntime:
         self.liveness = liveness
         self.costs = costs
         self.budget_refresh_s = budget_refresh_s
+        self.retention = retention
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
@@ -97,6 +100,8 @@ class LeaderRuntime:
                 tg.create_task(self.liveness.run(), name="liveness")
                 tg.create_task(self.sessions.run_pusher(), name="desired-state")
                 tg.create_task(self._budgets(), name="budgets")
+                if self.retention is not None:
+                    tg.create_task(self.retention.run(), name="job-retention")
         except* NotLeaderError:
             log.warning("lost leadership during a write; leader-only loops stop")
         except* Exception as group:  # a bug in a loop: do not stay a leader that does nothing

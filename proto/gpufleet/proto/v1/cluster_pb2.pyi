@@ -434,6 +434,65 @@ class CostReport(_message.Message):
 Global___CostReport: _TypeAlias = CostReport  # noqa: Y015
 
 @_typing.final
+class CostRollup(_message.Message):
+    """What finished jobs cost, kept per UTC day, team and project after the jobs themselves are removed at the end of
+    their retention period (stored by the leader at /gpufleet/costs/<day start ms>; cost reports add them).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEAM_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    GPU_MILLI_SECONDS_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    team: _builtins.str
+    project: _builtins.str
+    gpu_milli_seconds: _builtins.int
+    cost_micros: _builtins.int
+    jobs: _builtins.int
+    """removed jobs that ran that day"""
+    def __init__(
+        self,
+        *,
+        team: _builtins.str = ...,
+        project: _builtins.str = ...,
+        gpu_milli_seconds: _builtins.int = ...,
+        cost_micros: _builtins.int = ...,
+        jobs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_micros", b"cost_micros", "gpu_milli_seconds", b"gpu_milli_seconds", "jobs", b"jobs", "project", b"project", "team", b"team"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostRollup: _TypeAlias = CostRollup  # noqa: Y015
+
+@_typing.final
+class CostDay(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_START_MS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    day_start_ms: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___CostRollup]: ...
+    def __init__(
+        self,
+        *,
+        day_start_ms: _builtins.int = ...,
+        rows: _abc.Iterable[Global___CostRollup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["day_start_ms", b"day_start_ms", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostDay: _TypeAlias = CostDay  # noqa: Y015
+
+@_typing.final
 class Budget(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
