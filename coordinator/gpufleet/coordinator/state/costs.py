@@ -65,6 +65,21 @@ class _Row:
     jobs: int = 0
 
 
+def _group_key(group_by: int, team: str, project: str, job_key: str) -> str:
+    if group_by == cpb.COST_GROUP_BY_JOB:
+        return job_key
+    if group_by == cpb.COST_GROUP_BY_PROJECT:
+        return f"{team}/{project}"
+    return team
+
+
+def _add(rows: dict[str, _Row], key: str, milli_s: int, micros: int, jobs: int) -> None:
+    row = rows.setdefault(key, _Row())
+    row.milli_ms += milli_s
+    row.micros += micros
+    row.jobs += jobs
+
+
 class CostAccountant:
     def __init__(self, store: ClusterStore, config: CostConfig, clock: Clock) -> None:
         self.store = store
@@ -125,30 +140,12 @@ class CostAccountant:
             milli_s, micros = self.job_cost(job, nodes, start, end)
             if not milli_s:
                 continue
-            if group_by == cpb.COST_GROUP_BY_JOB:
-                key = job.id
-            elif group_by == cpb.COST_GROUP_BY_PROJECT:
-                key = f"{job.spec.team}/{job.spec.project}"
-            else:
-                key = job.spec.team
-            row = rows.setdefault(key, _Row())
-            row.milli_ms += milli_s
-            row.micros += micros
-            row.jobs += 1
+            _add(rows, _group_key(group_by, job.spec.team, job.spec.project, job.id), milli_s, micros, 1)
         for day in await self._days(start, end):
             for gone in day.rows:
-                if team and gone.team != team:
-                    continue
-                if group_by == cpb.COST_GROUP_BY_JOB:
-                    key = f"{gone.team}/{gone.project} (removed jobs)"
-                elif group_by == cpb.COST_GROUP_BY_PROJECT:
-                    key = f"{gone.team}/{gone.project}"
-                else:
-                    key = gone.team
-                row = rows.setdefault(key, _Row())
-                row.milli_ms += gone.gpu_milli_seconds
-                row.micros += gone.cost_micros
-                row.jobs += gone.jobs
+                if not team or gone.team == team:
+                    key = _group_key(group_by, gone.team, gone.project, f"{gone.team}/{gone.project} (removed jobs)")
+                    _add(rows, key, gone.gpu_milli_seconds, gone.cost_micros, gone.jobs)
         out = cpb.CostReport(start_ms=start, end_ms=end)
         for key in sorted(rows, key=lambda k: -rows[k].micros):
             r = rows[key]
