@@ -18,6 +18,7 @@ import pytest
 from gpufleet.coordinator.leadership import LeaderElector
 from gpufleet.coordinator.store import ClusterStore, open_store
 from tests.helpers.etcd_server import EtcdServer
+from tests.helpers.narrow import leader_of
 
 pytestmark = pytest.mark.timeout(60)
 _n = itertools.count()
@@ -71,8 +72,8 @@ async def test_exactly_one_of_three_leads(store: ClusterStore) -> None:
             assert sum(e.is_leader for e in es) == 1
             await asyncio.sleep(0.02)
         (leader,) = [e for e in es if e.is_leader]
-        assert {e.leader.id for e in es} == {leader.identity}  # type: ignore[union-attr]
-        assert {e.leader.epoch for e in es} == {leader.leader.epoch}  # type: ignore[union-attr]
+        assert {leader_of(e).id for e in es} == {leader.identity}
+        assert {leader_of(e).epoch for e in es} == {leader_of(leader).epoch}
         replicas_seen = await es[0].list_replicas()
         assert [(r.id, r.leader) for r in replicas_seen] == [(e.identity, e.is_leader) for e in es]
     finally:
@@ -87,7 +88,7 @@ async def test_the_other_wins_within_the_ttl_when_the_leader_lease_is_revoked(st
     tb = asyncio.create_task(b.run())
     try:
         await until(lambda: b.leader is not None)
-        old_epoch = b.leader.epoch  # type: ignore[union-attr]
+        old_epoch = leader_of(b).epoch
         await store.revoke_lease(a.lease)  # as if a's lease expired
         took = await until(lambda: b.is_leader, timeout=a.ttl_s)
         assert took < a.ttl_s
@@ -213,7 +214,7 @@ async def test_leader_steps_down_when_etcd_is_gone_past_the_ttl_and_leads_again_
     ta = asyncio.create_task(a.run())
     try:
         await until(lambda: a.is_leader)
-        first_epoch = a.leader.epoch  # type: ignore[union-attr]
+        first_epoch = leader_of(a).epoch
         fresh_etcd_server.kill()
         took = await until(lambda: not a.is_leader, timeout=6)
         assert took <= 2 + 0.5  # no refresh within the TTL: it cannot know it still leads

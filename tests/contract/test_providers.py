@@ -322,7 +322,10 @@ async def test_aws_request_carries_spot_market_tags_and_user_data(moto_endpoint:
     try:
         pool = "p" + uuid.uuid4().hex[:8]
         (inst,) = await h.provider.launch(_req(h, pool=pool, spot=True))
-        ec2 = h.provider.client("us-east-1")  # type: ignore[attr-defined]
+        from gpufleet.coordinator.providers.aws import AwsProvider
+
+        assert isinstance(h.provider, AwsProvider), type(h.provider)
+        ec2 = h.provider.client("us-east-1")
         raw = ec2.describe_instances(InstanceIds=[inst.cloud_id])["Reservations"][0]["Instances"][0]
         assert raw["InstanceLifecycle"] == "spot"
         assert {t["Key"]: t["Value"] for t in raw["Tags"]}[TAG_POOL] == pool

@@ -22,6 +22,7 @@ from gpufleet.coordinator.store import (
     open_store,
 )
 from tests.helpers.etcd_server import EtcdServer
+from tests.helpers.narrow import value_at
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -133,7 +134,7 @@ async def test_txn_create_if_absent(store: ClusterStore, p: str) -> None:
     second = await store.txn(absent, [Put(key, b"you")], [Put(p + "lost", b"1")])
     assert not second.succeeded
     assert second.revision == first.revision + 1  # the failure branch wrote
-    assert (await store.get(key)).value == b"me"  # type: ignore[union-attr]
+    assert await value_at(store, key) == b"me"
     assert await store.get(p + "lost") is not None
 
 

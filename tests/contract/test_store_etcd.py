@@ -4,6 +4,7 @@ client per process, and errors when etcd is down."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,13 @@ from gpufleet.common.errors import StoreUnavailableError
 from gpufleet.coordinator.store import WatchEvent, open_store
 from gpufleet.coordinator.store.etcd import EtcdStore
 from tests.helpers.etcd_server import EtcdServer, free_port
+from tests.helpers.narrow import value_at
 
 pytestmark = pytest.mark.timeout(60)
 
 
-async def _next(it: object, timeout: float = 15.0) -> WatchEvent:
-    return await asyncio.wait_for(it.__anext__(), timeout)  # type: ignore[attr-defined]
+async def _next(it: AsyncIterator[WatchEvent], timeout: float = 15.0) -> WatchEvent:
+    return await asyncio.wait_for(anext(it), timeout)
 
 
 async def _put_when_back(store: EtcdStore, key: str, value: bytes, within_s: float = 15.0) -> int:
@@ -101,7 +103,7 @@ async def test_down_etcd_gives_store_unavailable_and_unhealthy_status(fresh_etcd
         assert not healthy and "unreachable" in message
         fresh_etcd_server.start()
         await _put_when_back(store, "/d/x", b"3")
-        assert (await store.get("/d/x")).value == b"3"  # type: ignore[union-attr]
+        assert await value_at(store, "/d/x") == b"3"
     finally:
         await store.close()
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gpufleet.coordinator.autoscaler.config import NodePoolConfig
+from gpufleet.coordinator.autoscaler.config import NodePoolConfig, SpotMode
 from gpufleet.coordinator.autoscaler.instance import InstanceStatus
 from gpufleet.coordinator.autoscaler.service import Autoscaler
-from gpufleet.coordinator.config import CoordinatorSettings
+from gpufleet.coordinator.config import AgentsConfig, CoordinatorSettings, SchedulingConfig, ServerConfig
 from gpufleet.coordinator.providers.fake import FakeProvider
 from gpufleet.coordinator.server import CoordinatorServer
 from gpufleet.coordinator.store import open_store
@@ -81,7 +81,9 @@ def _free_port() -> int:
 def _unwrap(provider: object) -> FakeProvider:
     """The FakeProvider under the registry's metering/retry decorators."""
     while not isinstance(provider, FakeProvider):
-        provider = provider.inner  # type: ignore[attr-defined]
+        inner = getattr(provider, "inner", None)
+        assert inner is not None, f"{type(provider).__name__} wraps no provider, and no FakeProvider was found"
+        provider = inner
     return provider
 
 
@@ -92,9 +94,9 @@ async def running(tmp_path: Path, pool: NodePoolConfig) -> AsyncIterator[Setup]:
     address = f"127.0.0.1:{_free_port()}"
     settings = CoordinatorSettings(
         state_dir=tmp_path / "coord",
-        server={"listen": address},  # type: ignore[arg-type]
-        scheduling={"tick_s": 0.5},  # type: ignore[arg-type]
-        agents={"status_interval_ms": 200, "resync_interval_s": 0.5},  # type: ignore[arg-type]
+        server=ServerConfig(listen=address),
+        scheduling=SchedulingConfig(tick_s=0.5),
+        agents=AgentsConfig(status_interval_ms=200, resync_interval_s=0.5),
         autoscaler={
             "pools": [pool.model_dump(mode="json")],
             "interval_s": 0.5,
@@ -130,8 +132,13 @@ def _spec(command: list[str], *, preemptible: bool = False) -> pb.JobSpec:
 
 async def test_pending_job_buys_a_node_runs_and_the_idle_node_goes_away(tmp_path: Path) -> None:
     pool = NodePoolConfig(
-        name="l4", provider="fake", regions=["local-a"], instance_types=["sim-l4x1"], spot="never", idle_timeout_s=2
-    )  # type: ignore[arg-type]
+        name="l4",
+        provider="fake",
+        regions=["local-a"],
+        instance_types=["sim-l4x1"],
+        spot=SpotMode.NEVER,
+        idle_timeout_s=2,
+    )
     async with running(tmp_path, pool) as s:
         job_id = await s.submit(_spec([sys.executable, "-c", "print('hi')"]), "e2e-1")
 
@@ -153,8 +160,13 @@ async def test_pending_job_buys_a_node_runs_and_the_idle_node_goes_away(tmp_path
 
 async def test_spot_interruption_requeues_the_job_onto_a_replacement(tmp_path: Path) -> None:
     pool = NodePoolConfig(
-        name="l4", provider="fake", regions=["local-a"], instance_types=["sim-l4x1"], spot="prefer", idle_timeout_s=600
-    )  # type: ignore[arg-type]
+        name="l4",
+        provider="fake",
+        regions=["local-a"],
+        instance_types=["sim-l4x1"],
+        spot=SpotMode.PREFER,
+        idle_timeout_s=600,
+    )
     async with running(tmp_path, pool) as s:
         job_id = await s.submit(
             _spec([sys.executable, "-c", "import time; time.sleep(120)"], preemptible=True), "e2e-2"

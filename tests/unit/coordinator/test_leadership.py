@@ -13,6 +13,7 @@ from gpufleet.common.clock import FakeClock
 from gpufleet.common.errors import NotLeaderError
 from gpufleet.coordinator.leadership import LeaderElector, LeaderInfo
 from gpufleet.coordinator.store import ClusterStore, Compare, Put, open_store
+from tests.helpers.narrow import leader_of, value_at
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -128,11 +129,11 @@ async def test_leader_txn_fences_writes_and_reports_own_compare_failures(store: 
         # the caller's own compare fails: no write, still the leader
         res = await a.leader_txn([Put("/gpufleet/jobs/1", b"v2")], [Compare("/gpufleet/jobs/1", "version", "==", 7)])
         assert not res.succeeded and a.is_leader
-        assert (await store.get("/gpufleet/jobs/1")).value == b"v1"  # type: ignore[union-attr]
+        assert await value_at(store, "/gpufleet/jobs/1") == b"v1"
         # the fence names the leader key's epoch and our exact value
         epoch_cmp, value_cmp = a.fence()
-        assert (epoch_cmp.key, epoch_cmp.target, epoch_cmp.value) == ("/gpufleet/leader", "create", a.leader.epoch)  # type: ignore[union-attr]
-        assert value_cmp.target == "value" and value_cmp.value == (await store.get("/gpufleet/leader")).value  # type: ignore[union-attr]
+        assert (epoch_cmp.key, epoch_cmp.target, epoch_cmp.value) == ("/gpufleet/leader", "create", leader_of(a).epoch)
+        assert value_cmp.target == "value" and value_cmp.value == await value_at(store, "/gpufleet/leader")
     finally:
         await stop(ta)
     assert not a.is_leader
@@ -170,7 +171,7 @@ async def test_leader_steps_down_before_writing_when_its_lease_outlived_the_ttl(
     ta = asyncio.create_task(a.run())
     try:
         await until(lambda: a.is_leader)
-        first_epoch = a.leader.epoch  # type: ignore[union-attr]
+        first_epoch = leader_of(a).epoch
         clock.advance(3)  # no refresh for longer than the TTL
         _, rev_before = await store.range("/")
         with pytest.raises(NotLeaderError):
@@ -179,7 +180,7 @@ async def test_leader_steps_down_before_writing_when_its_lease_outlived_the_ttl(
         assert await store.get("/gpufleet/jobs/1") is None
         # it starts a new session and, alone, wins again with a new epoch
         await until(lambda: a.is_leader and a.leader is not None and a.leader.epoch > first_epoch)
-        assert rev_before < a.leader.epoch  # type: ignore[union-attr]
+        assert rev_before < leader_of(a).epoch
     finally:
         await stop(ta)
 
