@@ -38,6 +38,8 @@ class MixClasses:
     gpus: I64  # whole GPUs needed on one node (0 for a fraction)
     cpu: I64  # mean CPU millicores of the class
     weight: F64  # popularity, sums to 1 (empty mix: no classes)
+    count: I64  # popularity as integers (weight = count / count_total): scores sum them exactly
+    count_total: int = 1
     gpu_per_cpu: float = 0.0  # mean GPU milli requested per CPU millicore (GPU work only)
 
     def __len__(self) -> int:
@@ -102,6 +104,8 @@ class WorkloadMix:
                 gpus=np.array([k[1] for k, _ in top], dtype=np.int64),
                 cpu=np.array([self._cpu.get(k, 0) // max(1, n) for k, n in top], dtype=np.int64),
                 weight=np.array([n / total for _, n in top], dtype=np.float64),
+                count=np.array([n for _, n in top], dtype=np.int64),
+                count_total=total,
                 gpu_per_cpu=milli / cpu_total if cpu_total > 0 else 0.0,
             )
         return self._cached

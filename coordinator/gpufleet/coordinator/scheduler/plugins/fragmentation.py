@@ -29,8 +29,8 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
     """
     st = cycle.state
     mix = cycle.mix
-    w = mix.weight
-    k, kpos, need_cpu, w_row = _mix_rows(cycle)
+    k, kpos, need_cpu, count_row = _mix_rows(cycle)
+    count = mix.count
     # node-level terms are computed once per node row U and read per option through ``inv``
     n = st.n
     rows: I64 | slice
@@ -44,7 +44,8 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
     else:
         rows, _, runs = sorted_runs(opts.node)
         inv = np.cumsum(runs) - 1
-    # integer milli (exact in float64): numpy converts them where they meet a float, as astype would
+    # the class-weighted sums are integers (class counts x milli), divided by the mix size once at the end:
+    # exact, so any evaluation order gives the same score
     s = st.n_free_milli[rows]
     cpu = st.n_free_cpu[rows]
     whole = st.n_free_whole[rows]
@@ -54,8 +55,8 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
     if req.kind != "fraction":
         d = req.gpus * MILLI
         inf_a = cpu_short | (kpos & ((whole - req.gpus)[:, None] < k))
-        term = np.where(inf_b, -float(d), np.where(inf_a, s[:, None] - d - sig, 0.0))
-        node_delta: F64 = term @ w + _cpu_strand(cycle, req, s, cpu, d)
+        term = np.where(inf_b, -d, np.where(inf_a, s[:, None] - d - sig, 0))
+        node_delta: F64 = (term @ count) / mix.count_total + _cpu_strand(cycle, req, s, cpu, d)
         return node_delta[inv]
     d = req.milli_per_gpu
     f = st.g_free_milli[opts.node, opts.col]
@@ -65,8 +66,8 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
     idle = f >= MILLI
     after_whole = whole[None, :] - _VARIANTS  # (2, U)
     inf_a = cpu_short[None] | (kpos & (after_whole[:, :, None] < k))  # (2, U, M)
-    node_term: F64 = np.where(inf_b[None], -float(d), np.where(inf_a, (s[:, None] - d - sig)[None], 0.0)) @ w
-    wfeas = np.where(inf_a, 0.0, w_row)  # (2, U, M)
+    node_term: I64 = np.where(inf_b[None], -d, np.where(inf_a, (s[:, None] - d - sig)[None], 0)) @ count
+    wfeas = np.where(inf_a, 0, count_row)  # (2, U, M)
     # row of each option in the flattened (2U, ...) stack: its variant's block, its node's row
     row = inv + node_term.shape[1] * idle
     m = wfeas.shape[2]
@@ -79,7 +80,7 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
         gpu_term = np.einsum("cm,cm->c", wfeas.reshape(-1, m).take(urow, axis=0), gtab.take(uf, axis=0))[back]
     else:
         gpu_term = np.einsum("cm,cm->c", wfeas.reshape(-1, m).take(row, axis=0), gtab.take(f, axis=0))
-    out: F64 = node_term.reshape(-1).take(row) + gpu_term
+    out: F64 = (node_term.reshape(-1).take(row) + gpu_term) / mix.count_total
     return out + _cpu_strand(cycle, req, s, cpu, d)[inv]
 
 
@@ -87,15 +88,15 @@ _VARIANTS = np.array([[0], [1]], dtype=np.int64)
 DEDUPE_ABOVE = 512
 
 
-def _mix_rows(cycle: CycleState) -> tuple[I64, B, I64, F64]:
-    """The mix's class vectors as (1, M) rows (gpus, gpus > 0, cpu, weight); cached with the classes."""
+def _mix_rows(cycle: CycleState) -> tuple[I64, B, I64, I64]:
+    """The mix's class vectors as (1, M) rows (gpus, gpus > 0, cpu, count); cached with the classes."""
     got = cycle.notes.get("frag_mix_rows")
     mix = cycle.mix
     if isinstance(got, tuple) and got[0] is mix:
-        rows: tuple[I64, B, I64, F64] = got[1]
+        rows: tuple[I64, B, I64, I64] = got[1]
         return rows
     k = mix.gpus[None, :]
-    rows = (k, k > 0, mix.cpu[None, :], mix.weight[None, :])
+    rows = (k, k > 0, mix.cpu[None, :], mix.count[None, :])
     cycle.notes["frag_mix_rows"] = (mix, rows)
     return rows
 
@@ -117,9 +118,8 @@ def _cpu_strand(cycle: CycleState, req: Request, s: I64, cpu: I64, d: int) -> F6
 CPU_STRAND_WEIGHT = 1.0
 
 
-def _gpu_table(cycle: CycleState, d: int) -> F64:
-    """(1001, M) change of h_m when a GPU with f free gets d more used (integers, held as float64 for the
-    weighted sums); cached per cycle (the mix is fixed)."""
+def _gpu_table(cycle: CycleState, d: int) -> I64:
+    """(1001, M) change of h_m when a GPU with f free gets d more used; cached per cycle (the mix is fixed)."""
     key = f"frag_gtab:{d}"
     tab = cycle.notes.get(key)
     if isinstance(tab, np.ndarray):
@@ -127,7 +127,7 @@ def _gpu_table(cycle: CycleState, d: int) -> F64:
     grid = np.arange(MILLI + 1, dtype=np.int64)
     thr = cycle.mix.threshold[None, :]
     after = np.maximum(grid - d, 0)[:, None]
-    out: F64 = (np.where(after < thr, after, 0) - np.where(grid[:, None] < thr, grid[:, None], 0)).astype(np.float64)
+    out: I64 = np.where(after < thr, after, 0) - np.where(grid[:, None] < thr, grid[:, None], 0)
     cycle.notes[key] = out
     return out
 
