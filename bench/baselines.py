@@ -25,6 +25,9 @@ class FirstFit:
         order = opts.node * cycle.state.G + np.maximum(opts.col, 0)
         return normalize(order.astype(np.float64), higher_is_better=False)
 
+    def score_one(self, cycle: CycleState, req: Request, i: int, cols: list[int]) -> int:
+        raise NotImplementedError("scaled across nodes: the profile sets node_local_scores=False")
+
 
 class BestFit:
     name: ClassVar[str] = "BestFit"
@@ -36,6 +39,9 @@ class BestFit:
         gpu_left = np.where(opts.col >= 0, st.g_free_milli[opts.node, np.maximum(opts.col, 0)] - used, 0)
         cpu_left = (st.n_free_cpu[opts.node] - req.cpu_milli) / np.maximum(st.n_cpu[opts.node], 1)
         return normalize(node_left * 2 * MILLI + gpu_left + cpu_left, higher_is_better=False)
+
+    def score_one(self, cycle: CycleState, req: Request, i: int, cols: list[int]) -> int:
+        raise NotImplementedError("scaled across nodes: the profile sets node_local_scores=False")
 
 
 # scaled across nodes / by position: the per-node score cache does not apply

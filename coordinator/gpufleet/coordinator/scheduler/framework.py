@@ -5,6 +5,11 @@ Plugins work on vectors, never one node at a time: a filter narrows the boolean 
 the surviving options (a node, or a node and GPU column for single-GPU requests) as index arrays and returns
 one integer per option in ``0..MAX_SCORE``. Order matters and is stated next to each list in
 :data:`DEFAULT_PROFILE` (see ``scheduler/profiles.py``).
+
+Each filter and score plugin also answers for one node slot with plain Python values (``filter_one``,
+``score_one``): after a placement the shape cache re-evaluates the one or two nodes it changed, where the
+fixed cost of some fifty small numpy calls would dominate. Both forms compute the same integers (scores are
+integer-exact), which ``tests/unit/coordinator/scheduler/test_state_fastpaths.py`` checks plugin by plugin.
 """
 
 from __future__ import annotations
@@ -85,10 +90,19 @@ class PreFilterPlugin(Protocol):
     def pre_filter(self, cycle: CycleState, req: Request) -> Result: ...
 
 
+# what ``FilterPlugin.filter_one`` answers: the node is out (False), in (True), or in with these GPU columns
+NodeFit = bool | list[int]
+
+
 class FilterPlugin(Protocol):
     name: ClassVar[str]
 
     def filter(self, cycle: CycleState, req: Request, cand: Candidates) -> Result: ...
+
+    def filter_one(self, cycle: CycleState, req: Request, i: int) -> NodeFit:
+        """``filter`` for node slot ``i`` alone: False when it would drop the node; a GPU filter returns the
+        columns it would leave in ``Candidates.gpu`` (never empty)."""
+        ...
 
 
 class ScorePlugin(Protocol):
@@ -96,6 +110,11 @@ class ScorePlugin(Protocol):
 
     def score(self, cycle: CycleState, req: Request, opts: Options) -> I64 | None:
         """One integer per option, or None when the plugin has no opinion on this request (all options equal)."""
+        ...
+
+    def score_one(self, cycle: CycleState, req: Request, i: int, cols: list[int]) -> list[int] | int | None:
+        """``score`` for the options of node slot ``i`` (GPU columns, or ``[-1]`` for a node-level option): one
+        integer per option, one for all of them, or None (no opinion)."""
         ...
 
 

@@ -144,7 +144,13 @@ class Scheduler:
             plan.codes[req.job_id] = cached[0]
             return
         if self._cacheable(req):
-            pick = run.cache.best(cycle, key, req, lambda cyc, mask: self._evaluate(cyc, req, mask))
+            pick = run.cache.best(
+                cycle,
+                key,
+                req,
+                lambda cyc, mask: self._evaluate(cyc, req, mask),
+                lambda cyc, i: self._evaluate_one(cyc, req, i),
+            )
             if pick is not None:
                 mps = self.config.fractional_mode == "mps"
                 m = placement.member(cycle.state, req, pick[0], pick[1], None, mps)
@@ -242,6 +248,30 @@ class Scheduler:
         if len(opts) == 0:
             return None
         return cand, opts, self._scores(cycle, req, opts)
+
+    def _evaluate_one(self, cycle: CycleState, req: Request, i: int) -> tuple[int, int] | None:
+        """Node slot i's best option (total score, GPU column; -1 for a node-level option) through the plugins'
+        one-node forms, or None when a filter drops the node: what ``_evaluate`` gives for that node."""
+        cols: list[int] | None = None
+        for f in self.profile.filter:
+            fit = f.filter_one(cycle, req, i)
+            if fit is False:
+                return None
+            if fit is not True:
+                cols = fit
+        if cols is None or req.kind not in (KIND_FRACTION, KIND_MIG):
+            cols = [-1]
+        total = [0] * len(cols)
+        for plugin, weight in self.profile.score:
+            s = plugin.score_one(cycle, req, i, cols)
+            if s is None:
+                continue
+            if isinstance(s, int):
+                total = [t + weight * s for t in total]
+            else:
+                total = [t + weight * x for t, x in zip(total, s, strict=True)]
+        best = max(range(len(total)), key=total.__getitem__)  # the first of the best, as argmax
+        return total[best], cols[best]
 
     def _place(self, cycle: CycleState, run: _Cycle, req: Request, cand: Candidates) -> bool:
         members = self._choose(cycle, req, cand)

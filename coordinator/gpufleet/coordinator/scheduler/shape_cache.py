@@ -3,7 +3,8 @@
 Scores are absolute and depend on one node only, and within a cycle the mix is fixed, so for requests with the
 same shape the best option of a node stays valid until that node's row changes (``ClusterState.n_version``).
 A placement touches one node, so the next request of the same shape re-filters and re-scores only the nodes
-that changed since: a cycle costs a few small vector operations per job instead of a pass over the fleet.
+that changed since (a few of them one by one in plain Python, more as one vector evaluation): a cycle costs a
+little work per job instead of a pass over the fleet.
 Changed nodes that cannot hold the request by their summary columns alone (:func:`may_fit`, a necessary
 condition of the filters) are marked infeasible without running the filter chain: on a loaded fleet that is
 most of them.
@@ -21,6 +22,9 @@ from gpufleet.coordinator.scheduler.request import KIND_FRACTION, KIND_MIG, KIND
 from gpufleet.coordinator.scheduler.state import ClusterState
 
 NEG = np.iinfo(np.int64).min // 4
+# changed nodes up to this many are evaluated one by one in plain Python (``filter_one``/``score_one``): a
+# vector evaluation costs some fifty numpy calls whatever the row count, one node in Python about a third
+ONE_BY_ONE = 4
 
 
 @dataclass(slots=True)
@@ -59,11 +63,14 @@ class ShapeCache:
         key: tuple[object, ...],
         req: Request,
         evaluate_on: Callable[[CycleState, B], tuple[Candidates, Options, I64] | None],
+        evaluate_one: Callable[[CycleState, int], tuple[int, int] | None],
     ) -> tuple[int, int] | None:
         """(node slot, GPU column) of the best option, or None when no node fits.
 
         ``evaluate_on(cycle, mask)`` filters and scores the nodes in ``mask`` and returns the surviving options
-        with their total scores (None when none survive); ``req`` is the request they are evaluated for."""
+        with their total scores (None when none survive); ``evaluate_one(cycle, i)`` gives node slot i's best
+        (total score, GPU column), computed one node at a time (None: the node is filtered out); ``req`` is
+        the request they are evaluated for. Up to :data:`ONE_BY_ONE` changed nodes go one by one."""
         st = cycle.state
         n = st.n
         e = self._entries.get(key)
@@ -78,7 +85,13 @@ class ShapeCache:
             e.col[idx] = -1
             e.version[idx] = ver[idx]
             idx = idx[may_fit(st, req, idx)]
-        if len(idx):
+        if 0 < len(idx) <= ONE_BY_ONE:
+            one = CycleState(st, cycle.config, cycle.now_ms, cycle.mix, cycle.notes, prechecked=True)
+            for i in idx.tolist():
+                got1 = evaluate_one(one, i)
+                if got1 is not None:
+                    e.score[i], e.col[i] = got1
+        elif len(idx):
             # filter and score a compact copy of the changed rows (a slice when they are contiguous)
             sub = CycleState(st.rows(idx), cycle.config, cycle.now_ms, cycle.mix, cycle.notes, prechecked=True)
             got = evaluate_on(sub, np.ones(len(idx), dtype=np.bool_))

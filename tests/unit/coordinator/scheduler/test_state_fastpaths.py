@@ -2,7 +2,8 @@
 
 A cycle leaves the state exactly as it found it (rollback recomputes each touched node once), a compact row
 view reads the same values as indexing the fleet arrays, a MIG re-layout answered from the memo is the
-one computed from scratch, and the shape cache's summary pre-check never drops a node the filters accept.
+one computed from scratch, the shape cache's summary pre-check never drops a node the filters accept, and
+every plugin's one-node form (``filter_one``/``score_one``) answers exactly as its vector form.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
-from gpufleet.coordinator.scheduler import ClusterState, Scheduler, mig_relayout
-from gpufleet.coordinator.scheduler.framework import CycleState
+from gpufleet.coordinator.scheduler import ClusterState, Scheduler, mig_relayout, placement, shape_cache
+from gpufleet.coordinator.scheduler.config import SchedulerConfig, TeamQuota
+from gpufleet.coordinator.scheduler.framework import Candidates, CycleState, Options
 from gpufleet.coordinator.scheduler.request import request_from_job
 from gpufleet.coordinator.scheduler.shape_cache import may_fit
 from gpufleet.coordinator.scheduler.sim.build import make_job, make_node, placed
@@ -108,3 +111,121 @@ def test_the_summary_precheck_keeps_every_node_the_filters_accept() -> None:
                 & (st.n_free_mem[: st.n] >= req.memory_mib)
             )
             assert not (kept & ~health_and_room).any(), req.describe()
+
+
+def _mixed_fleet(rng: random.Random) -> ClusterState:
+    """Models, MIG, prices (so Price speaks), spot, two providers and regions, a cordoned node, a bad GPU."""
+    st = ClusterState()
+    for i in range(24):
+        model = ("H100-80GB", "A100-80GB", "L4", "T4")[i % 4]
+        mig = (
+            [["3g.40gb", "2g.20gb", "1g.10gb"], ["1g.10gb"] * 7]
+            if model in ("H100-80GB", "A100-80GB") and i % 3 == 0
+            else []
+        )
+        node = make_node(
+            f"n{i}",
+            model,
+            rng.choice((1, 2, 4, 8)) if not mig else 8,
+            rng.choice((16_000, 64_000)),
+            rng.choice((65_536, 1_048_576)),
+            provider=("aws", "gcp")[i % 2],
+            region=("us-east-1", "us-west-2")[(i // 2) % 2],
+            spot=i % 5 == 0,
+            price_micros=rng.choice((-1, 1_200_000, 3_500_000, 12_000_000)),
+            mig_layouts=mig,
+            cordoned=i == 7,
+        )
+        if i == 5:
+            node.inventory.gpus[0].healthy = False
+        st.upsert_node(node)
+    return st
+
+
+def _probes(rng: random.Random) -> list[pb.Job]:
+    out = [
+        make_job("f1", 0.25, 2000, 4096),
+        make_job("f2", 0.5, 8000, 8192, gpu_model=["L4", "T4"]),
+        make_job("f3", 0.3, 1000, 1024, gpu_memory_mib=30_000),
+        make_job("f4", 0.1, 60_000, 1024),
+        make_job("w1", 1, 4000, 16384),
+        make_job("w2", 2, 8000, 16384, gpu_model="H100-80GB", spot=pb.SPOT_POLICY_NEVER),
+        make_job("w4", 4, 8000, 16384, providers=["aws"], max_price_micros=4_000_000),
+        make_job("w8", 8, 1000, 1024, regions=["us-west-2"]),
+        make_job("m1", 0, 1000, 4096, mig_profile="1g.10gb"),
+        make_job("m3", 0, 1000, 4096, mig_profile="3g.40gb", gpu_model="A100-80GB"),
+        make_job("c", 0, 2000, 4096),
+        make_job("q", 1, 1000, 1024, team="capped"),
+        make_job("s", 0.5, 1000, 1024, spot=pb.SPOT_POLICY_REQUIRED),
+    ]
+    spread = make_job("sp", 0.25, 1000, 1024)
+    spread.spec.placement.spread = True
+    return [*out, spread, *_jobs(rng, 10, "r")]
+
+
+def _config() -> SchedulerConfig:
+    return SchedulerConfig(quotas={"capped": TeamQuota(per_model={"H100-80GB": (0, 2000), "L4": (0, 500)})})
+
+
+def test_the_one_node_forms_of_every_plugin_match_the_vector_forms() -> None:
+    rng = random.Random(5)
+    st = _mixed_fleet(rng)
+    sched = Scheduler(config=_config())
+    probes = [request_from_job(j) for j in _probes(rng)]
+    fill = [make_job(f"cap{k}", 0.5, 1000, 1024, team="capped") for k in range(3)]
+    for round_ in range(5):
+        for j in [*fill, *_jobs(rng, 20, f"f{round_}-")] if round_ == 0 else _jobs(rng, 20, f"f{round_}-"):
+            p = sched.schedule(st, [j], 0).placement(j.id)
+            if p is not None:
+                st.bind(placed(j, p.assignments))
+        assert st.prices_vary()
+        cycle = CycleState(st, sched.config, 0, st.mix.classes())
+        for req in probes:
+            for f in sched.profile.filter:
+                cand = Candidates(st.n_alive[: st.n].copy())
+                res = f.filter(cycle, req, cand)
+                for i in st.live_nodes():
+                    one = f.filter_one(cycle, req, i)
+                    vec = bool(cand.node[i]) and (res.ok or res.status.value == "SKIP")
+                    assert (one is not False) == vec, (f.name, req.describe(), i)
+                    if vec and cand.gpu is not None and isinstance(one, list):
+                        assert one == np.flatnonzero(cand.gpu[i]).tolist(), (f.name, req.describe(), i)
+            res, cand = sched.filter(cycle, req)
+            if not res.ok:
+                continue
+            opts = placement.options(req, cand)
+            for i in np.unique(opts.node).tolist():
+                mine = Options(opts.node[opts.node == i], opts.col[opts.node == i])
+                cols = mine.col.tolist()
+                for plugin, _ in sched.profile.score:
+                    vec_s = plugin.score(cycle, req, mine)
+                    one_s = plugin.score_one(cycle, req, i, cols)
+                    if vec_s is None or one_s is None:
+                        assert vec_s is None and one_s is None, (plugin.name, req.describe())
+                        continue
+                    want = vec_s.tolist()
+                    assert (one_s if isinstance(one_s, list) else [one_s] * len(cols)) == want, (
+                        plugin.name,
+                        req.describe(),
+                        i,
+                    )
+
+
+def test_a_cycle_gives_the_same_plan_with_and_without_one_by_one_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(9)
+    st = _mixed_fleet(rng)
+    for round_ in range(3):
+        fill = _jobs(rng, 40, f"f{round_}-")
+        plan = Scheduler(config=_config()).schedule(st, fill, 0)
+        for p in plan.placements:
+            st.bind(placed(next(j for j in fill if j.id == p.job_id), p.assignments))
+        queue = [*_probes(rng), *_jobs(rng, 150, f"p{round_}-")]
+        one_by_one = Scheduler(config=_config()).schedule(st, queue, 1)
+        monkeypatch.setattr(shape_cache, "ONE_BY_ONE", 0)
+        vector = Scheduler(config=_config()).schedule(st, queue, 1)
+        monkeypatch.undo()
+        assert one_by_one.placements, "the cycle placed something"
+        assert [(p.job_id, list(p.assignments)) for p in one_by_one.placements] == [
+            (p.job_id, list(p.assignments)) for p in vector.placements
+        ]
+        assert one_by_one.unplaced == vector.unplaced

@@ -35,6 +35,24 @@ class BinPack:
             raw = (raw + 2.0 * gpu_used) / 3.0
         return _scale(raw)
 
+    def score_one(self, cycle: CycleState, req: Request, i: int, cols: list[int]) -> list[int] | int:
+        st = cycle.state
+        free_milli = int(st.n_free_milli[i])
+        if req.kind == KIND_CPU:
+            idle = min(free_milli, 8 * MILLI) / (8 * MILLI)
+            cpu_used = 1.0 - (int(st.n_free_cpu[i]) - req.cpu_milli) / max(int(st.n_cpu[i]), 1)
+            return _scale_one((cpu_used + 1.0 - idle) / 2.0)
+        cap = max(int(st.n_usable[i]), 1) * MILLI
+        raw = min((cap - free_milli + req.gpus * req.milli_per_gpu) / cap, 1.0)
+        if cols[0] < 0:
+            return _scale_one(raw)
+        free = st.g_free_milli[i].tolist()
+        return [_scale_one((raw + 2.0 * ((MILLI - free[c]) / MILLI)) / 3.0) for c in cols]
+
+
+def _scale_one(x: float) -> int:
+    return round(min(max(x, 0.0), 1.0) * MAX_SCORE)
+
 
 def _scale(x: npt.NDArray[np.float64]) -> I64:
     out: I64 = np.rint(np.minimum(np.maximum(x, 0.0), 1.0) * MAX_SCORE).astype(np.int64)

@@ -47,3 +47,19 @@ class PlacementConstraints:
         if cand.count == 0:
             return Result(Status.UNSCHEDULABLE, "no node matches the placement constraints", self.name)
         return SUCCESS
+
+    def filter_one(self, cycle: CycleState, req: Request, i: int) -> bool:
+        if not (req.providers or req.regions or req.max_price_micros or req.spot):
+            return True
+        st = cycle.state
+        if req.providers and st.providers.names[int(st.n_provider[i])] not in req.providers:
+            return False
+        if req.regions:
+            key = st.regions.names[int(st.n_region[i])]
+            if key not in req.regions and key.split("/", 1)[1] not in req.regions:
+                return False
+        if req.spot == pb.SPOT_POLICY_NEVER and st.n_spot[i]:
+            return False
+        if req.spot == pb.SPOT_POLICY_REQUIRED and not st.n_spot[i]:
+            return False
+        return not (req.max_price_micros and int(st.n_price[i]) > req.max_price_micros)

@@ -84,6 +84,91 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
     return out + _cpu_strand(cycle, req, s, cpu, d)[inv]
 
 
+def frag_delta_one(cycle: CycleState, req: Request, i: int, cols: list[int]) -> list[float]:
+    """:func:`frag_delta` for the options of node slot ``i`` (GPU columns, or ``[-1]``), in plain Python: the
+    same integer sums, divided and offset by the same float operations, so the same numbers."""
+    st = cycle.state
+    mix = cycle.mix
+    classes = _mix_lists(cycle)
+    s = int(st.n_free_milli[i])
+    cpu = int(st.n_free_cpu[i])
+    whole = int(st.n_free_whole[i])
+    sig = st.n_sigma[i].tolist()
+    cpu_after = cpu - req.cpu_milli
+    total = mix.count_total
+    if req.kind != "fraction":
+        d = req.gpus * MILLI
+        whole_after = whole - req.gpus
+        num = 0
+        for k, need, cnt, _, col in classes:
+            if cpu < need or (k and whole < k):
+                num -= d * cnt
+            elif cpu_after < need or (k and whole_after < k):
+                num += (s - d - sig[col]) * cnt
+        return [num / total + _cpu_strand_one(cycle, req, s, cpu, d)] * len(cols)
+    d = req.milli_per_gpu
+    strand = _cpu_strand_one(cycle, req, s, cpu, d)
+    free = st.g_free_milli[i].tolist()
+    variants: dict[int, tuple[int, list[tuple[int, int]]]] = {}
+    terms: dict[int, float] = {}
+    out: list[float] = []
+    for c in cols:
+        f = free[c]
+        got = terms.get(f)
+        if got is None:
+            v = 1 if f >= MILLI else 0  # an idle GPU: one fewer idle GPU after
+            var = variants.get(v)
+            if var is None:
+                node_num = 0
+                feasible: list[tuple[int, int]] = []  # (count, threshold) of classes still feasible after
+                for k, need, cnt, thr, col in classes:
+                    if cpu_after < need or (k and whole - v < k):
+                        if cpu < need or (k and whole < k):
+                            node_num -= d * cnt
+                        else:
+                            node_num += (s - d - sig[col]) * cnt
+                    else:
+                        feasible.append((cnt, thr))
+                var = variants[v] = (node_num, feasible)
+            after = f - d if f > d else 0
+            gpu_num = 0
+            for cnt, thr in var[1]:
+                gpu_num += cnt * ((after if after < thr else 0) - (f if f < thr else 0))
+            got = terms[f] = (var[0] + gpu_num) / total + strand
+        out.append(got)
+    return out
+
+
+def _mix_lists(cycle: CycleState) -> list[tuple[int, int, int, int, int]]:
+    """The mix's classes as (gpus, cpu, count, threshold, sigma column) tuples; cached with the classes."""
+    got = cycle.notes.get("frag_mix_lists")
+    mix = cycle.mix
+    if isinstance(got, tuple) and got[0] is mix:
+        lists: list[tuple[int, int, int, int, int]] = got[1]
+        return lists
+    lists = list(
+        zip(
+            mix.gpus.tolist(),
+            mix.cpu.tolist(),
+            mix.count.tolist(),
+            mix.threshold.tolist(),
+            mix.column.tolist(),
+            strict=True,
+        )
+    )
+    cycle.notes["frag_mix_lists"] = (mix, lists)
+    return lists
+
+
+def _cpu_strand_one(cycle: CycleState, req: Request, s: int, cpu: int, d: int) -> float:
+    """:func:`_cpu_strand` for one node."""
+    rho = cycle.mix.gpu_per_cpu
+    if rho <= 0 or CPU_STRAND_WEIGHT == 0:
+        return 0.0
+    out = max(0.0, (s - d) - (cpu - req.cpu_milli) * rho) - max(0.0, s - cpu * rho)
+    return out if CPU_STRAND_WEIGHT == 1.0 else CPU_STRAND_WEIGHT * out
+
+
 _VARIANTS = np.array([[0], [1]], dtype=np.int64)
 DEDUPE_ABOVE = 512
 
@@ -143,3 +228,8 @@ class Fragmentation:
             return None
         out: I64 = np.rint(-frag_delta(cycle, req, opts)).astype(np.int64)
         return out
+
+    def score_one(self, cycle: CycleState, req: Request, i: int, cols: list[int]) -> list[int] | None:
+        if req.kind == KIND_MIG or len(cycle.mix) == 0:
+            return None
+        return [round(-x) for x in frag_delta_one(cycle, req, i, cols)]

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from gpufleet.coordinator.scheduler.framework import B, Candidates, CycleState
+from gpufleet.coordinator.scheduler.framework import B, Candidates, CycleState, NodeFit
 from gpufleet.coordinator.scheduler.request import KIND_FRACTION, KIND_WHOLE, MILLI, Request
 from gpufleet.coordinator.scheduler.state import ClusterState
 from gpufleet.coordinator.scheduler.types import SKIP, SUCCESS, Result, Status
@@ -61,3 +61,22 @@ class GpuFit:
             cand.near_miss = f"the best node has {best} free"
             return Result(Status.UNSCHEDULABLE, f"no node has {req.gpus} idle GPUs", self.name)
         return SUCCESS
+
+    def filter_one(self, cycle: CycleState, req: Request, i: int) -> NodeFit:
+        if req.kind not in (KIND_FRACTION, KIND_WHOLE):
+            return True
+        st = cycle.state
+        cols = [c for c, ok in enumerate(st.g_open[i].tolist()) if ok]
+        if req.models:
+            lut = st.models.lookup(req.models)
+            model = st.g_model[i].tolist()
+            cols = [c for c in cols if lut[model[c]]]
+        free = st.g_free_milli[i].tolist()
+        total = st.g_total_mib[i].tolist()
+        if req.kind == KIND_FRACTION:
+            milli, mem = req.milli_per_gpu, req.mem_mib
+            free_mib = st.g_free_mib[i].tolist()
+            cols = [c for c in cols if free[c] >= milli and free_mib[c] >= (mem or total[c] * milli // MILLI)]
+            return cols or False
+        cols = [c for c in cols if free[c] >= MILLI and (not req.mem_mib or total[c] >= req.mem_mib)]
+        return len(cols) >= req.gpus

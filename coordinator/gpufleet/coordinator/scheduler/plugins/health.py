@@ -23,3 +23,7 @@ class NodeHealth:
         if not cand.narrow(st.n_ready[:n], "not ready, cordoned or draining"):
             return Result(Status.UNSCHEDULABLE, "no ready node", self.name)
         return SUCCESS
+
+    def filter_one(self, cycle: CycleState, req: Request, i: int) -> bool:
+        del req
+        return cycle.prechecked or bool(cycle.state.n_ready[i])

@@ -10,7 +10,7 @@ import functools
 from typing import ClassVar
 
 from gpufleet.common import gpu_models
-from gpufleet.coordinator.scheduler.framework import Candidates, CycleState
+from gpufleet.coordinator.scheduler.framework import Candidates, CycleState, NodeFit
 from gpufleet.coordinator.scheduler.plugins.gpu_fit import model_mask
 from gpufleet.coordinator.scheduler.request import KIND_MIG, Request
 from gpufleet.coordinator.scheduler.types import SKIP, SUCCESS, Result, Status
@@ -56,3 +56,16 @@ class Mig:
         if cand.narrow(fits.any(axis=1), f"have no free {req.mig_profile} slice") == 0:
             return Result(Status.UNSCHEDULABLE, f"no free {req.mig_profile} slice", self.name)
         return SUCCESS
+
+    def filter_one(self, cycle: CycleState, req: Request, i: int) -> NodeFit:
+        if req.kind != KIND_MIG:
+            return True
+        st = cycle.state
+        models = models_with_profile(req.mig_profile, req.models)
+        if not models:
+            return False
+        lut = st.models.lookup(models)
+        model = st.g_model[i].tolist()
+        free = st.mig_free_array(req.mig_profile)[i].tolist()
+        cols = [c for c, ok in enumerate(st.g_mig_ok[i].tolist()) if ok and lut[model[c]] and free[c] > 0]
+        return cols or False

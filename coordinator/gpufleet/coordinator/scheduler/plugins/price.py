@@ -31,3 +31,10 @@ class Price:
         price = np.minimum(st.n_price[opts.node], PRICE_CAP_MICROS)
         out: I64 = MAX_SCORE - price * MAX_SCORE // PRICE_CAP_MICROS
         return out
+
+    def score_one(self, cycle: CycleState, req: Request, i: int, cols: list[int]) -> int | None:
+        del req, cols
+        st = cycle.state
+        if not st.prices_vary():
+            return None
+        return MAX_SCORE - min(int(st.n_price[i]), PRICE_CAP_MICROS) * MAX_SCORE // PRICE_CAP_MICROS

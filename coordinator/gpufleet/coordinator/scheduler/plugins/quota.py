@@ -61,3 +61,15 @@ class Quota:
             if cand.narrow(~np.isin(st.n_model[: st.n], over), f"are {names} (team {req.team} at its limit)") == 0:
                 return Result(Status.UNSCHEDULABLE, f"team {req.team} is at its {names} limit", self.name)
         return SUCCESS
+
+    def filter_one(self, cycle: CycleState, req: Request, i: int) -> bool:
+        q = cycle.config.team_quota(req.team)
+        if q is None or not q.per_model:
+            return True
+        st = cycle.state
+        model = int(st.n_model[i])
+        if model < 0:  # mixed or no GPUs: the per-model filter does not drop it
+            return True
+        name = st.models.names[model]
+        limit = q.per_model.get(name, (0, 0))[1]
+        return not (limit and st.team_model_milli.get((req.team, name), 0) + request_milli(req) > limit)

@@ -24,3 +24,9 @@ class NodeResources:
         if cand.count == 0:
             return Result(Status.UNSCHEDULABLE, "no node has the CPU and memory free", self.name)
         return SUCCESS
+
+    def filter_one(self, cycle: CycleState, req: Request, i: int) -> bool:
+        if cycle.prechecked:
+            return True
+        st = cycle.state
+        return bool(st.n_free_cpu[i] >= req.cpu_milli and st.n_free_mem[i] >= req.memory_mib)

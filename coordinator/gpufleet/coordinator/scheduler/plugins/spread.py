@@ -27,3 +27,12 @@ class Spread:
         free_share = st.n_free_milli[nodes] / cap + st.n_free_cpu[nodes] / np.maximum(st.n_cpu[nodes], 1)
         out: I64 = np.rint(np.minimum(np.maximum(free_share / 2.0, 0.0), 1.0) * MAX_SCORE).astype(np.int64)
         return out
+
+    def score_one(self, cycle: CycleState, req: Request, i: int, cols: list[int]) -> int | None:
+        del cols
+        if not (req.spread or self.always):
+            return None
+        st = cycle.state
+        cap = max(int(st.n_usable[i]), 1) * MILLI
+        free_share = int(st.n_free_milli[i]) / cap + int(st.n_free_cpu[i]) / max(int(st.n_cpu[i]), 1)
+        return round(min(max(free_share / 2.0, 0.0), 1.0) * MAX_SCORE)
