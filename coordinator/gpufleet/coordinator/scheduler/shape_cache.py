@@ -1,10 +1,10 @@
 """Per-cycle cache of the best option per node for each request shape (an equivalence-class cache).
 
 Scores are absolute and depend on one node only, and within a cycle the mix is fixed, so for requests with the
-same shape the best option of a node stays valid until that node's row changes (``ClusterState.n_version``).
+same shape the best option of a node stays valid until that node's row changes (``ClusterState.changed_since``).
 A placement touches one node, so the next request of the same shape re-filters and re-scores only the nodes
-that changed since (a few of them one by one in plain Python, more as one vector evaluation): a cycle costs a
-little work per job instead of a pass over the fleet.
+that changed since (a few of them one by one in plain Python, more as one vector evaluation) and keeps the
+fleet's best node up to date: a cycle costs a little work per job instead of a pass over the fleet.
 Changed nodes that cannot hold the request by their summary columns alone (:func:`may_fit`, a necessary
 condition of the filters) are marked infeasible without running the filter chain: on a loaded fleet that is
 most of them.
@@ -24,14 +24,16 @@ from gpufleet.coordinator.scheduler.state import ClusterState
 NEG = np.iinfo(np.int64).min // 4
 # changed nodes up to this many are evaluated one by one in plain Python (``filter_one``/``score_one``): a
 # vector evaluation costs some fifty numpy calls whatever the row count, one node in Python about a third
-ONE_BY_ONE = 4
+ONE_BY_ONE = 6
+PRECHECK_ONE_BY_ONE = 64  # up to this many changes, changed nodes are pre-checked one by one too
 
 
 @dataclass(slots=True)
 class _Entry:
-    version: I64  # node version the row was computed at (-1: never)
     score: I64  # best total score on the node (NEG: infeasible)
     col: I64  # the GPU column of that option (-1: node-level)
+    synced: int = -1  # ClusterState.version the scores are valid at (-1: never computed)
+    best: int = -1  # node slot of the best score (the first of the best), -1 when every node is NEG
 
 
 def may_fit(st: ClusterState, req: Request, idx: I64) -> B:
@@ -51,6 +53,23 @@ def may_fit(st: ClusterState, req: Request, idx: I64) -> B:
     elif req.kind == KIND_MIG:
         ok &= (st.mig_free_array(req.mig_profile)[idx] > 0).any(axis=1)
     return ok
+
+
+def may_fit_one(st: ClusterState, req: Request, i: int) -> bool:
+    """:func:`may_fit` for node slot ``i``."""
+    if not (st.n_alive[i] and st.n_ready[i]):
+        return False
+    if req.cpu_milli and st.n_free_cpu[i] < req.cpu_milli:
+        return False
+    if req.memory_mib and st.n_free_mem[i] < req.memory_mib:
+        return False
+    if req.kind == KIND_FRACTION:
+        return bool(st.n_max_frac[i] >= req.milli_per_gpu)
+    if req.kind == KIND_WHOLE:
+        return bool(st.n_free_whole[i] >= req.gpus)
+    if req.kind == KIND_MIG:
+        return bool(st.mig_free_array(req.mig_profile)[i].any())
+    return True
 
 
 class ShapeCache:
@@ -74,49 +93,96 @@ class ShapeCache:
         st = cycle.state
         n = st.n
         e = self._entries.get(key)
-        if e is None or len(e.version) != n:
-            e = _Entry(np.full(n, -1, dtype=np.int64), np.full(n, NEG, dtype=np.int64), np.full(n, -1, dtype=np.int64))
-            self._entries[key] = e
-        ver = st.n_version[:n]
-        dirty = ver != e.version
-        idx = np.flatnonzero(dirty)
+        if e is None or len(e.score) != n:
+            e = self._entries[key] = _Entry(np.full(n, NEG, dtype=np.int64), np.full(n, -1, dtype=np.int64))
+        changed = st.changed_since(e.synced) if e.synced >= 0 else None
+        e.synced = st.version
+        if changed is not None and len(changed) <= PRECHECK_ONE_BY_ONE:
+            nodes = sorted(set(changed.tolist()))
+            fit = [i for i in nodes if may_fit_one(st, req, i)]
+            if len(fit) <= ONE_BY_ONE:
+                self._one_by_one(cycle, e, nodes, fit, evaluate_one)
+                return None if e.best < 0 else (e.best, int(e.col[e.best]))
+            idx = np.array(nodes, dtype=np.int64)
+        elif changed is not None:
+            mark = np.zeros(n, dtype=np.bool_)
+            mark[changed] = True
+            idx = np.flatnonzero(mark)
+        else:
+            idx = np.arange(n, dtype=np.int64)
         if len(idx):
             e.score[idx] = NEG
             e.col[idx] = -1
-            e.version[idx] = ver[idx]
             idx = idx[may_fit(st, req, idx)]
         if 0 < len(idx) <= ONE_BY_ONE:
             one = CycleState(st, cycle.config, cycle.now_ms, cycle.mix, cycle.notes, prechecked=True)
             for i in idx.tolist():
-                got1 = evaluate_one(one, i)
-                if got1 is not None:
-                    e.score[i], e.col[i] = got1
+                got = evaluate_one(one, i)
+                if got is not None:
+                    e.score[i], e.col[i] = got
         elif len(idx):
-            # filter and score a compact copy of the changed rows (a slice when they are contiguous)
-            sub = CycleState(st.rows(idx), cycle.config, cycle.now_ms, cycle.mix, cycle.notes, prechecked=True)
-            got = evaluate_on(sub, np.ones(len(idx), dtype=np.bool_))
-            if got is not None:
-                _, opts, scores = got
-                if int(opts.col[0]) < 0:  # node-level options: one per node
-                    nodes_u, best_score, best_col = opts.node, scores, opts.col
-                elif opts.node[0] == opts.node[-1]:  # one node: its best option (first of the best)
-                    b = int(np.argmax(scores))
-                    nodes_u, best_score, best_col = opts.node[:1], scores[b : b + 1], opts.col[b : b + 1]
-                else:  # per node its first best column: scores on a (rows, G) grid, argmax per row
-                    lo = int(opts.node[0])
-                    span = int(opts.node[-1]) + 1 - lo
-                    grid = np.full((span, st.G), NEG, dtype=np.int64)
-                    grid[opts.node - lo, opts.col] = scores
-                    cols = grid.argmax(axis=1)
-                    best = grid[np.arange(span), cols]
-                    has = best > NEG
-                    nodes_u, best_score, best_col = lo + np.flatnonzero(has), best[has], cols[has]
-                target = idx[nodes_u]
-                e.score[target] = best_score
-                e.col[target] = best_col
+            self._vector(cycle, e, idx, evaluate_on)
         if n == 0:  # an empty fleet: nothing to pick (the caller's filter says why)
+            e.best = -1
             return None
         i = int(np.argmax(e.score))
-        if e.score[i] == NEG:
-            return None
-        return i, int(e.col[i])
+        e.best = i if e.score[i] > NEG else -1
+        return None if e.best < 0 else (i, int(e.col[i]))
+
+    @staticmethod
+    def _one_by_one(
+        cycle: CycleState,
+        e: _Entry,
+        nodes: list[int],
+        fit: list[int],
+        evaluate_one: Callable[[CycleState, int], tuple[int, int] | None],
+    ) -> None:
+        """Update the changed ``nodes`` (``fit``: those passing :func:`may_fit`) and the best node."""
+        st = cycle.state
+        one = CycleState(st, cycle.config, cycle.now_ms, cycle.mix, cycle.notes, prechecked=True)
+        rescan = False
+        best, top = e.best, (int(e.score[e.best]) if e.best >= 0 else NEG)
+        for i in nodes:
+            got = evaluate_one(one, i) if i in fit else None
+            score, col = got if got is not None else (NEG, -1)
+            e.score[i], e.col[i] = score, col
+            if i == best:
+                rescan = True  # the best node changed: any node may be the best now
+            elif score > top or (score == top and score > NEG and i < best):
+                best, top = i, score
+        if rescan:
+            best = int(np.argmax(e.score))
+            top = int(e.score[best])
+        e.best = best if top > NEG else -1
+
+    @staticmethod
+    def _vector(
+        cycle: CycleState,
+        e: _Entry,
+        idx: I64,
+        evaluate_on: Callable[[CycleState, B], tuple[Candidates, Options, I64] | None],
+    ) -> None:
+        # filter and score a compact copy of the changed rows (a slice when they are contiguous)
+        st = cycle.state
+        sub = CycleState(st.rows(idx), cycle.config, cycle.now_ms, cycle.mix, cycle.notes, prechecked=True)
+        got = evaluate_on(sub, np.ones(len(idx), dtype=np.bool_))
+        if got is None:
+            return
+        _, opts, scores = got
+        if int(opts.col[0]) < 0:  # node-level options: one per node
+            nodes_u, best_score, best_col = opts.node, scores, opts.col
+        elif opts.node[0] == opts.node[-1]:  # one node: its best option (first of the best)
+            b = int(np.argmax(scores))
+            nodes_u, best_score, best_col = opts.node[:1], scores[b : b + 1], opts.col[b : b + 1]
+        else:  # per node its first best column: scores on a (rows, G) grid, argmax per row
+            lo = int(opts.node[0])
+            span = int(opts.node[-1]) + 1 - lo
+            grid = np.full((span, st.G), NEG, dtype=np.int64)
+            grid[opts.node - lo, opts.col] = scores
+            cols = grid.argmax(axis=1)
+            best = grid[np.arange(span), cols]
+            has = best > NEG
+            nodes_u, best_score, best_col = lo + np.flatnonzero(has), best[has], cols[has]
+        target = idx[nodes_u]
+        e.score[target] = best_score
+        e.col[target] = best_col

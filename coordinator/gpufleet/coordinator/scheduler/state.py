@@ -11,6 +11,7 @@ binds what it commits.
 
 from __future__ import annotations
 
+import array
 import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -127,6 +128,7 @@ class _Interner:
 
 
 _UIDS = itertools.count(1)
+CHANGE_LOG_MAX = 1 << 16
 
 # sorted free-milli row -> its sigma row; rows repeat a lot across nodes and reservations (bounded memo)
 _SIGMA_ROWS: dict[tuple[int, ...], I64] = {}
@@ -173,7 +175,10 @@ class ClusterState:
         self.mix = WorkloadMix()
         self._prices: dict[int, int] = {}  # price per GPU-hour -> live nodes at it
         self.mig_free: dict[str, I64] = {}
-        self.version = 0  # bumps on every change; plugins may cache per version
+        self.version = 0  # bumps on every change of a node row; plugins may cache per version
+        # the node slot of each version bump since version _log_base: what changed since a cache was synced
+        self._log = array.array("q")
+        self._log_base = 0
         self._undo: list[_UndoAlloc | _UndoRelease | _UndoBlock] | None = None
         self._alloc_arrays(node_capacity, gpu_slots)
 
@@ -233,7 +238,6 @@ class ClusterState:
         mk1("n_free_milli", np.int64, 0)  # sum of free milli on usable GPUs
         mk1("n_max_frac", np.int64, 0)  # largest free milli on one usable GPU
         mk1("n_model", np.int32, -1)  # the node's GPU model when uniform, else -2
-        mk1("n_version", np.int64, 0)  # bumps whenever the node's row changes (per-node caches)
         mk1("n_has_mig", np.bool_, False)  # the node has (or had) MIG-enabled GPUs
         sig = getattr(self, "n_sigma", None)
         cols = len(THRESHOLDS)
@@ -282,7 +286,6 @@ class ClusterState:
     n_free_milli: I64
     n_max_frac: I64
     n_model: I32
-    n_version: I64
     n_has_mig: B
 
     def _refresh(self, i: int) -> None:
@@ -297,8 +300,7 @@ class ClusterState:
         self.n_sigma[i] = _sigma_row(tuple(free))
         slots_of = self.mig_slots[i]
         if not self.n_has_mig[i]:
-            self.version += 1
-            self.n_version[i] = self.version
+            self._changed(i)
             return
         for arr in self.mig_free.values():
             arr[i] = 0
@@ -308,8 +310,24 @@ class ClusterState:
             for s in slots:
                 if not s.used:
                     self.mig_free_array(s.profile)[i, c] += 1
+        self._changed(i)
+
+    def _changed(self, i: int) -> None:
         self.version += 1
-        self.n_version[i] = self.version
+        log = self._log
+        if len(log) >= CHANGE_LOG_MAX:  # caches synced before this many changes re-read every node
+            self._log_base += len(log)
+            self._log = log = array.array("q")
+        log.append(i)
+
+    def changed_since(self, version: int) -> I64 | None:
+        """Node slots whose rows changed after ``version`` (in order, with repeats), or None when the log no longer reaches back that far (then any node may
+        have changed)."""
+        start = version - self._log_base
+        if start < 0:
+            return None
+        out: I64 = np.frombuffer(self._log[start:], dtype=np.int64)  # a copy: the log itself stays resizable
+        return out
 
     def mig_free_array(self, profile: str) -> I64:
         """(cap, G) count of free MIG slices of ``profile`` per GPU (created on first use)."""

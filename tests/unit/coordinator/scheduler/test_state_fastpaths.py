@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from gpufleet.coordinator.scheduler import ClusterState, Scheduler, mig_relayout, placement, shape_cache
+from gpufleet.coordinator.scheduler import state as state_module
 from gpufleet.coordinator.scheduler.config import SchedulerConfig, TeamQuota
 from gpufleet.coordinator.scheduler.framework import Candidates, CycleState, Options
 from gpufleet.coordinator.scheduler.request import request_from_job
@@ -142,25 +143,26 @@ def _mixed_fleet(rng: random.Random) -> ClusterState:
     return st
 
 
-def _probes(rng: random.Random) -> list[pb.Job]:
+def _probes(rng: random.Random, tag: str = "") -> list[pb.Job]:
+    """One job of every kind the plugins treat differently (ids end in ``tag``: a job id names one spec)."""
     out = [
-        make_job("f1", 0.25, 2000, 4096),
-        make_job("f2", 0.5, 8000, 8192, gpu_model=["L4", "T4"]),
-        make_job("f3", 0.3, 1000, 1024, gpu_memory_mib=30_000),
-        make_job("f4", 0.1, 60_000, 1024),
-        make_job("w1", 1, 4000, 16384),
-        make_job("w2", 2, 8000, 16384, gpu_model="H100-80GB", spot=pb.SPOT_POLICY_NEVER),
-        make_job("w4", 4, 8000, 16384, providers=["aws"], max_price_micros=4_000_000),
-        make_job("w8", 8, 1000, 1024, regions=["us-west-2"]),
-        make_job("m1", 0, 1000, 4096, mig_profile="1g.10gb"),
-        make_job("m3", 0, 1000, 4096, mig_profile="3g.40gb", gpu_model="A100-80GB"),
-        make_job("c", 0, 2000, 4096),
-        make_job("q", 1, 1000, 1024, team="capped"),
-        make_job("s", 0.5, 1000, 1024, spot=pb.SPOT_POLICY_REQUIRED),
+        make_job("f1" + tag, 0.25, 2000, 4096),
+        make_job("f2" + tag, 0.5, 8000, 8192, gpu_model=["L4", "T4"]),
+        make_job("f3" + tag, 0.3, 1000, 1024, gpu_memory_mib=30_000),
+        make_job("f4" + tag, 0.1, 60_000, 1024),
+        make_job("w1" + tag, 1, 4000, 16384),
+        make_job("w2" + tag, 2, 8000, 16384, gpu_model="H100-80GB", spot=pb.SPOT_POLICY_NEVER),
+        make_job("w4" + tag, 4, 8000, 16384, providers=["aws"], max_price_micros=4_000_000),
+        make_job("w8" + tag, 8, 1000, 1024, regions=["us-west-2"]),
+        make_job("m1" + tag, 0, 1000, 4096, mig_profile="1g.10gb"),
+        make_job("m3" + tag, 0, 1000, 4096, mig_profile="3g.40gb", gpu_model="A100-80GB"),
+        make_job("c" + tag, 0, 2000, 4096),
+        make_job("q" + tag, 1, 1000, 1024, team="capped"),
+        make_job("s" + tag, 0.5, 1000, 1024, spot=pb.SPOT_POLICY_REQUIRED),
     ]
-    spread = make_job("sp", 0.25, 1000, 1024)
+    spread = make_job("sp" + tag, 0.25, 1000, 1024)
     spread.spec.placement.spread = True
-    return [*out, spread, *_jobs(rng, 10, "r")]
+    return [*out, spread, *_jobs(rng, 10, "r" + tag)]
 
 
 def _config() -> SchedulerConfig:
@@ -219,7 +221,7 @@ def test_a_cycle_gives_the_same_plan_with_and_without_one_by_one_evaluation(monk
         plan = Scheduler(config=_config()).schedule(st, fill, 0)
         for p in plan.placements:
             st.bind(placed(next(j for j in fill if j.id == p.job_id), p.assignments))
-        queue = [*_probes(rng), *_jobs(rng, 150, f"p{round_}-")]
+        queue = [*_probes(rng, f"-{round_}"), *_jobs(rng, 150, f"p{round_}-")]
         one_by_one = Scheduler(config=_config()).schedule(st, queue, 1)
         monkeypatch.setattr(shape_cache, "ONE_BY_ONE", 0)
         vector = Scheduler(config=_config()).schedule(st, queue, 1)
@@ -229,3 +231,34 @@ def test_a_cycle_gives_the_same_plan_with_and_without_one_by_one_evaluation(monk
             (p.job_id, list(p.assignments)) for p in vector.placements
         ]
         assert one_by_one.unplaced == vector.unplaced
+
+
+@pytest.mark.parametrize("log_max", [8, 1 << 16])
+def test_a_scheduler_carrying_its_cache_across_cycles_plans_like_a_fresh_one(
+    monkeypatch: pytest.MonkeyPatch, log_max: int
+) -> None:
+    monkeypatch.setattr(state_module, "CHANGE_LOG_MAX", log_max)  # 8: caches outlive the change log
+    rng = random.Random(13)
+    st = _mixed_fleet(rng)
+    fill = _jobs(rng, 120, "fill-")
+    by_id = {j.id: j for j in fill}
+    for p in Scheduler(config=_config()).schedule(st, fill, 0).placements:
+        st.bind(placed(by_id[p.job_id], p.assignments))
+    carried = Scheduler(config=_config())
+    kept = 0
+    for round_ in range(8):
+        queue = [*_probes(rng, f"-{round_}"), *_jobs(rng, 60, f"p{round_}-")]
+        carry = carried._carry
+        plan = carried.schedule(st, queue, round_)
+        kept += carried._carry is carry
+        fresh = Scheduler(config=_config()).schedule(st, queue, round_)
+        assert [(p.job_id, list(p.assignments)) for p in plan.placements] == [
+            (p.job_id, list(p.assignments)) for p in fresh.placements
+        ]
+        assert plan.unplaced == fresh.unplaced
+        by_id = {j.id: j for j in queue}
+        for p in plan.placements[:3]:  # bind a few (the mix stays put, so the cache is carried), some jobs end
+            st.bind(placed(by_id[p.job_id], p.assignments))
+        for job_id in list(st.jobs)[:2]:
+            st.unbind(job_id)
+    assert kept >= 5, "the cache was carried across most cycles"
