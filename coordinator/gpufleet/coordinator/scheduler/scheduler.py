@@ -34,7 +34,7 @@ from gpufleet.coordinator.scheduler.plugins.constraints import PlacementConstrai
 from gpufleet.coordinator.scheduler.plugins.mig import models_with_profile
 from gpufleet.coordinator.scheduler.profiles import DEFAULT_PROFILE
 from gpufleet.coordinator.scheduler.request import KIND_FRACTION, KIND_MIG, KIND_WHOLE, Request, request_from_job
-from gpufleet.coordinator.scheduler.shape_cache import ShapeCache
+from gpufleet.coordinator.scheduler.shape_cache import NEG, ShapeCache
 from gpufleet.coordinator.scheduler.state import ClusterState
 from gpufleet.coordinator.scheduler.types import (
     SKIP,
@@ -144,18 +144,26 @@ class Scheduler:
             plan.codes[req.job_id] = cached[0]
             return
         if self._cacheable(req):
-            pick = run.cache.best(
-                cycle,
-                key,
-                req,
-                lambda cyc, mask: self._evaluate(cyc, req, mask),
-                lambda cyc, i: self._evaluate_one(cyc, req, i),
-            )
-            if pick is not None:
-                mps = self.config.fractional_mode == "mps"
-                m = placement.member(cycle.state, req, pick[0], pick[1], None, mps)
-                if self._commit(cycle, run, req, [m]):
+
+            def evaluate_on(cyc: CycleState, mask: B) -> tuple[Candidates, Options, I64] | None:
+                return self._evaluate(cyc, req, mask)
+
+            def evaluate_one(cyc: CycleState, i: int) -> tuple[int, int] | None:
+                return self._evaluate_one(cyc, req, i)
+
+            if req.nodes > 1:  # a gang: its members from every node's best option (a failure re-checks below)
+                score, col = run.cache.per_node(cycle, key, req, evaluate_on, evaluate_one)
+                nodes_u = np.flatnonzero(score > NEG)
+                members = self._gang(cycle, req, nodes_u, score[nodes_u], col[nodes_u], None) if len(nodes_u) else []
+                if members and self._commit(cycle, run, req, members):
                     return
+            else:
+                pick = run.cache.best(cycle, key, req, evaluate_on, evaluate_one)
+                if pick is not None:
+                    mps = self.config.fractional_mode == "mps"
+                    m = placement.member(cycle.state, req, pick[0], pick[1], None, mps)
+                    if self._commit(cycle, run, req, [m]):
+                        return
         res, cand = self.filter(cycle, req)
         if res.ok and self._place(cycle, run, req, cand):
             return
@@ -235,7 +243,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ choose and reserve
     def _cacheable(self, req: Request) -> bool:
-        if req.nodes > 1 or not self.profile.node_local_scores:
+        if not self.profile.node_local_scores:
             return False
         q = self.config.team_quota(req.team)
         return q is None or not q.per_model
@@ -313,11 +321,20 @@ class Scheduler:
         if req.nodes <= 1:
             b = int(np.argmax(scores))
             return [placement.member(st, req, int(opts.node[b]), int(opts.col[b]), cand.gpu, mps)]
-        # gang: the best option per node, then the best region (a zone holding every member preferred)
+        # gang: the best option per node (the first of the best), then the members from those nodes
         order = np.lexsort((-scores, opts.node))
         nodes_u, first, _ = sorted_runs(opts.node[order])
         best_opt = order[first]
-        node_score = scores[best_opt]
+        return self._gang(cycle, req, nodes_u, scores[best_opt], opts.col[best_opt], cand.gpu)
+
+    def _gang(
+        self, cycle: CycleState, req: Request, nodes_u: I64, node_score: I64, node_col: I64, fits: B | None
+    ) -> list[Member]:
+        """Gang members on ``req.nodes`` of the nodes ``nodes_u`` (ascending; each with its best score and GPU
+        column): the best-scoring nodes of one region, a zone holding them all preferred. [] with
+        ``cycle.notes["gang_note"]`` saying why when no region has enough of them."""
+        st = cycle.state
+        mps = self.config.fractional_mode == "mps"
         regions = st.n_region[nodes_u]
         zones = st.n_zone[nodes_u]
         best: tuple[tuple[int, int], I64] | None = None
@@ -343,7 +360,7 @@ class Scheduler:
                 f"(the best region has {most})"
             )
             return []
-        return [placement.member(st, req, int(nodes_u[t]), int(opts.col[best_opt[t]]), cand.gpu, mps) for t in best[1]]
+        return [placement.member(st, req, int(nodes_u[t]), int(node_col[t]), fits, mps) for t in best[1]]
 
     # ------------------------------------------------------------------ reasons
     def _never_fits(self, cycle: CycleState, req: Request) -> bool:

@@ -90,6 +90,30 @@ class ShapeCache:
         with their total scores (None when none survive); ``evaluate_one(cycle, i)`` gives node slot i's best
         (total score, GPU column), computed one node at a time (None: the node is filtered out); ``req`` is
         the request they are evaluated for. Up to :data:`ONE_BY_ONE` changed nodes go one by one."""
+        e = self._sync(cycle, key, req, evaluate_on, evaluate_one)
+        return None if e.best < 0 else (e.best, int(e.col[e.best]))
+
+    def per_node(
+        self,
+        cycle: CycleState,
+        key: tuple[object, ...],
+        req: Request,
+        evaluate_on: Callable[[CycleState, B], tuple[Candidates, Options, I64] | None],
+        evaluate_one: Callable[[CycleState, int], tuple[int, int] | None],
+    ) -> tuple[I64, I64]:
+        """Every node slot's best total score (NEG: the node cannot take it) and its GPU column, as :meth:`best`
+        keeps them (read-only views, valid until the next call): what a gang chooses its members from."""
+        e = self._sync(cycle, key, req, evaluate_on, evaluate_one)
+        return e.score, e.col
+
+    def _sync(
+        self,
+        cycle: CycleState,
+        key: tuple[object, ...],
+        req: Request,
+        evaluate_on: Callable[[CycleState, B], tuple[Candidates, Options, I64] | None],
+        evaluate_one: Callable[[CycleState, int], tuple[int, int] | None],
+    ) -> _Entry:
         st = cycle.state
         n = st.n
         e = self._entries.get(key)
@@ -102,7 +126,7 @@ class ShapeCache:
             fit = [i for i in nodes if may_fit_one(st, req, i)]
             if len(fit) <= ONE_BY_ONE:
                 self._one_by_one(cycle, e, nodes, fit, evaluate_one)
-                return None if e.best < 0 else (e.best, int(e.col[e.best]))
+                return e
             idx = np.array(nodes, dtype=np.int64)
         elif changed is not None:
             mark = np.zeros(n, dtype=np.bool_)
@@ -124,10 +148,10 @@ class ShapeCache:
             self._vector(cycle, e, idx, evaluate_on)
         if n == 0:  # an empty fleet: nothing to pick (the caller's filter says why)
             e.best = -1
-            return None
+            return e
         i = int(np.argmax(e.score))
         e.best = i if e.score[i] > NEG else -1
-        return None if e.best < 0 else (i, int(e.col[i]))
+        return e
 
     @staticmethod
     def _one_by_one(

@@ -8,6 +8,7 @@ every plugin's one-node form (``filter_one``/``score_one``) answers exactly as i
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -17,6 +18,7 @@ from gpufleet.coordinator.scheduler import ClusterState, Scheduler, mig_relayout
 from gpufleet.coordinator.scheduler import state as state_module
 from gpufleet.coordinator.scheduler.config import SchedulerConfig, TeamQuota
 from gpufleet.coordinator.scheduler.framework import Candidates, CycleState, Options
+from gpufleet.coordinator.scheduler.profiles import DEFAULT_PROFILE
 from gpufleet.coordinator.scheduler.request import request_from_job
 from gpufleet.coordinator.scheduler.shape_cache import may_fit
 from gpufleet.coordinator.scheduler.sim.build import make_job, make_node, placed
@@ -160,6 +162,11 @@ def _probes(rng: random.Random, tag: str = "") -> list[pb.Job]:
         make_job("q" + tag, 1, 1000, 1024, team="capped"),
         make_job("s" + tag, 0.5, 1000, 1024, spot=pb.SPOT_POLICY_REQUIRED),
     ]
+    out += [
+        make_job("g2" + tag, 2, 4000, 8192, nodes=2),
+        make_job("g8" + tag, 8, 1000, 1024, nodes=2, regions=["us-east-1"]),
+        make_job("gf" + tag, 1, 1000, 1024, nodes=3, gpu_model="L4"),
+    ]
     spread = make_job("sp" + tag, 0.25, 1000, 1024)
     spread.spec.placement.spread = True
     return [*out, spread, *_jobs(rng, 10, "r" + tag)]
@@ -262,3 +269,21 @@ def test_a_scheduler_carrying_its_cache_across_cycles_plans_like_a_fresh_one(
         for job_id in list(st.jobs)[:2]:
             st.unbind(job_id)
     assert kept >= 5, "the cache was carried across most cycles"
+
+
+def test_the_shape_cache_plans_what_evaluating_the_whole_fleet_for_every_job_plans() -> None:
+    rng = random.Random(21)
+    st = _mixed_fleet(rng)
+    uncached = dataclasses.replace(DEFAULT_PROFILE, node_local_scores=False)
+    for round_ in range(4):
+        queue = [*_probes(rng, f"-{round_}"), *_jobs(rng, 80, f"p{round_}-")]
+        cached = Scheduler(config=_config()).schedule(st, queue, round_)
+        plain = Scheduler(uncached, config=_config()).schedule(st, queue, round_)
+        assert any(len(p.assignments) > 1 for p in cached.placements) or round_, "a gang was placed"
+        assert [(p.job_id, list(p.assignments)) for p in cached.placements] == [
+            (p.job_id, list(p.assignments)) for p in plain.placements
+        ]
+        assert cached.unplaced == plain.unplaced
+        by_id = {j.id: j for j in queue}
+        for p in cached.placements:
+            st.bind(placed(by_id[p.job_id], p.assignments))
