@@ -73,6 +73,8 @@ class Scheduler:
         # per-node best options per request shape, valid while the state object and the mix classes are the
         # same ones (node rows changed since are re-evaluated through their versions)
         self._carry: tuple[int, MixClasses, ShapeCache, dict[str, object]] | None = None
+        # _never_fits answers per request shape, valid while (state uid, ClusterState.nodes_version) is the same
+        self._never: tuple[tuple[int, int], dict[tuple[object, ...], bool]] = ((0, 0), {})
 
     # ------------------------------------------------------------------ public
     def schedule(
@@ -113,11 +115,14 @@ class Scheduler:
         pre = tuple(p for p in self.profile.pre_filter if p.enabled(self.config))
         run = _Cycle(plan, {j.id: j for j in running}, {}, set(), carry[2], pre)
         ahead: dict[str, int] = {}
+        one = self._one
         state.begin()
         try:
             for pos, req in enumerate(queue.order(reqs, state, self.config)):
-                self._one(cycle, run, req, pos, ahead.get(req.team, 0))
-                ahead[req.team] = ahead.get(req.team, 0) + 1
+                team = req.team
+                team_ahead = ahead.get(team, 0)
+                ahead[team] = team_ahead + 1
+                one(cycle, run, req, pos, team_ahead)
         finally:
             state.rollback()
         return plan
@@ -218,7 +223,7 @@ class Scheduler:
                     cycle.notes["gang_note"] = note
         if res.ok:  # filters passed but no gang grouping worked
             res = Result(Status.UNSCHEDULABLE, str(cycle.notes.pop("gang_note", "no placement")), "Gang")
-        elif res.status == Status.UNSCHEDULABLE and self._never_fits(cycle, req):
+        elif res.status == Status.UNSCHEDULABLE and self._never_fits_memo(cycle, req):
             res = Result(Status.UNRESOLVABLE, "no node in the cluster could ever hold it", res.plugin)
         self._unplace(cycle, run, req, res, cand, pos, team_ahead, key)
 
@@ -363,6 +368,19 @@ class Scheduler:
         return [placement.member(st, req, int(nodes_u[t]), int(node_col[t]), fits, mps) for t in best[1]]
 
     # ------------------------------------------------------------------ reasons
+    def _never_fits_memo(self, cycle: CycleState, req: Request) -> bool:
+        """:meth:`_never_fits`, remembered per request shape while the nodes stay the same (it reads only
+        what node upserts change)."""
+        st = cycle.state
+        stamp = (st.uid, st.nodes_version)
+        if self._never[0] != stamp:
+            self._never = (stamp, {})
+        memo = self._never[1]
+        got = memo.get(req.shape_key)
+        if got is None:
+            got = memo[req.shape_key] = self._never_fits(cycle, req)
+        return got
+
     def _never_fits(self, cycle: CycleState, req: Request) -> bool:
         """True when no node of the cluster as it is could hold the request even if it were empty."""
         st = cycle.state

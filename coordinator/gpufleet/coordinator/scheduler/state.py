@@ -12,6 +12,7 @@ binds what it commits.
 from __future__ import annotations
 
 import array
+import bisect
 import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -176,6 +177,7 @@ class ClusterState:
         self._prices: dict[int, int] = {}  # price per GPU-hour -> live nodes at it
         self.mig_free: dict[str, I64] = {}
         self.version = 0  # bumps on every change of a node row; plugins may cache per version
+        self.nodes_version = 0  # bumps when a node joins, changes (upsert) or leaves: its static columns changed
         # the node slot of each version bump since version _log_base: what changed since a cache was synced
         self._log = array.array("q")
         self._log_base = 0
@@ -291,25 +293,32 @@ class ClusterState:
     def _refresh(self, i: int) -> None:
         # one row of at most a few GPUs: Python ints beat a dozen numpy calls on 8-element arrays
         free = [f if u else 0 for f, u in zip(self.g_free_milli[i].tolist(), self.g_usable[i].tolist(), strict=True)]
-        self.n_free_whole[i] = sum(
-            1 for f, b in zip(free, self.g_blocked[i].tolist(), strict=True) if f >= MILLI and not b
-        )
-        free.sort()
+        blocked: list[bool] = self.g_blocked[i].tolist()
+        if any(blocked):
+            self.n_free_whole[i] = len([f for f, b in zip(free, blocked, strict=True) if f >= MILLI and not b])
+            free.sort()
+        else:
+            free.sort()
+            self.n_free_whole[i] = len(free) - bisect.bisect_left(free, MILLI)
         self.n_free_milli[i] = sum(free)
         self.n_max_frac[i] = free[-1] if free else 0
         self.n_sigma[i] = _sigma_row(tuple(free))
-        slots_of = self.mig_slots[i]
-        if not self.n_has_mig[i]:
-            self._changed(i)
-            return
-        for arr in self.mig_free.values():
-            arr[i] = 0
-        for c, slots in enumerate(slots_of):
-            if not slots or self.g_blocked[i, c] or not self.g_healthy[i, c]:
-                continue
-            for s in slots:
-                if not s.used:
-                    self.mig_free_array(s.profile)[i, c] += 1
+        if self.n_has_mig[i]:
+            counts: dict[str, list[int]] = {}
+            healthy: list[bool] = self.g_healthy[i].tolist()
+            for c, slots in enumerate(self.mig_slots[i]):
+                if not slots or blocked[c] or not healthy[c]:
+                    continue
+                for s in slots:
+                    if not s.used:
+                        row = counts.get(s.profile)
+                        if row is None:
+                            row = counts[s.profile] = [0] * self.G
+                        row[c] += 1
+            for profile in counts:
+                self.mig_free_array(profile)  # created before the rows below are written
+            for profile, arr in self.mig_free.items():
+                arr[i] = counts.get(profile, 0)
         self._changed(i)
 
     def _changed(self, i: int) -> None:
@@ -341,6 +350,7 @@ class ClusterState:
 
     # ------------------------------------------------------------------ nodes
     def upsert_node(self, node: pb.Node) -> None:
+        self.nodes_version += 1
         inv = node.inventory
         name = inv.name
         i = self.index.get(name)
@@ -422,6 +432,7 @@ class ClusterState:
         i = self.index.pop(name, None)
         if i is None:
             return
+        self.nodes_version += 1
         self._count_price(int(self.n_price[i]), -1)
         self.names[i] = ""
         self.nodes[i] = None
@@ -463,8 +474,9 @@ class ClusterState:
         i = self.index.get(alloc.node)
         if i is None:
             return None
+        gpus = int(self.n_gpus[i])
         for d in alloc.devices:
-            if not 0 <= d.col < int(self.n_gpus[i]):
+            if not 0 <= d.col < gpus:
                 continue  # a GPU the node no longer reports
             self.g_free_milli[i, d.col] -= sign * d.milli
             self.g_free_mib[i, d.col] -= sign * d.mib
