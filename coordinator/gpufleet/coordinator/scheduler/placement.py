@@ -35,10 +35,25 @@ def options(req: Request, cand: Candidates) -> Options:
 
 
 def pick_whole(st: ClusterState, i: int, fits: B, k: int) -> list[int]:
-    """k idle GPU columns on node i, preferring one NUMA node and NVLink peers."""
+    """k idle GPU columns on node i, preferring one NUMA node and NVLink peers (remembered per topology, free
+    columns and k: nodes of one machine type repeat the same few patterns)."""
     free: list[int] = np.flatnonzero(fits).tolist()
     if k >= len(free):
         return free[:k]
+    key = (st.topology[i], tuple(free), k)
+    got = _PICKS.get(key)
+    if got is None:
+        if len(_PICKS) >= _PICKS_MAX:
+            _PICKS.clear()
+        got = _PICKS[key] = tuple(_pick_whole(st, i, free, k))
+    return list(got)
+
+
+_PICKS: dict[tuple[object, ...], tuple[int, ...]] = {}
+_PICKS_MAX = 65_536
+
+
+def _pick_whole(st: ClusterState, i: int, free: list[int], k: int) -> list[int]:
     groups: dict[int, list[int]] = {}
     numa: list[int] = st.g_numa[i].tolist()
     for c in free:

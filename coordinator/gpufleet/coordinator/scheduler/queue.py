@@ -7,18 +7,15 @@ interleave by weighted usage (as dominant-share schedulers do) instead of one te
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 from gpufleet.coordinator.scheduler.config import SchedulerConfig
 from gpufleet.coordinator.scheduler.plugins.quota import request_milli
-from gpufleet.coordinator.scheduler.request import Request
+from gpufleet.coordinator.scheduler.request import NO_DEADLINE, Request
 from gpufleet.coordinator.scheduler.state import ClusterState
 
-NO_DEADLINE = 1 << 62
-
-
-def _own_key(r: Request) -> tuple[int, int, str]:
-    return (r.deadline_ms or NO_DEADLINE, r.created_ms, r.job_id)
+_own_key = operator.attrgetter("own_key")
 
 
 def order(reqs: Sequence[Request], state: ClusterState, config: SchedulerConfig) -> list[Request]:

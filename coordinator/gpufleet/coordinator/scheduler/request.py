@@ -12,6 +12,7 @@ from gpufleet.common.errors import InvalidInputError, Problem
 from gpufleet.proto.v1 import types_pb2 as pb
 
 MILLI = 1000
+NO_DEADLINE = 1 << 62  # sorts after every real deadline
 
 KIND_CPU = "cpu"
 KIND_FRACTION = "fraction"
@@ -46,6 +47,8 @@ class Request:
     # scheduler's key for answers it remembers within a cycle)
     shape_key: tuple[object, ...] = field(init=False, repr=False, compare=False)
     cache_key: tuple[object, ...] = field(init=False, repr=False, compare=False)
+    # a team's own queue order: earliest deadline (none: last), then arrival, then id (queue.py)
+    own_key: tuple[int, int, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         shape = (
@@ -65,6 +68,7 @@ class Request:
         )
         object.__setattr__(self, "shape_key", shape)
         object.__setattr__(self, "cache_key", (shape, self.team))
+        object.__setattr__(self, "own_key", (self.deadline_ms or NO_DEADLINE, self.created_ms, self.job_id))
 
     @property
     def total_milli(self) -> int:

@@ -162,6 +162,8 @@ class ClusterState:
         self.gpu_index: list[list[int]] = []  # node slot -> column -> Gpu.index
         self.gpu_uuid: list[list[str]] = []
         self.nvlink: list[list[frozenset[int]]] = []  # node slot -> column -> peer columns
+        # node slot -> (NUMA node per column, NVLink peers per column): what whole-GPU picks depend on
+        self.topology: list[tuple[tuple[int, ...], tuple[frozenset[int], ...]]] = []
         self.mig_slots: list[list[list[MigSlot]]] = []
         self._free_slots: list[int] = []
         self.models = _Interner()
@@ -256,6 +258,7 @@ class ClusterState:
             self.gpu_index.append([])
             self.gpu_uuid.append([])
             self.nvlink.append([])
+            self.topology.append(((), ()))
             self.mig_slots.append([])
 
     # declared for mypy; set in _alloc_arrays
@@ -405,6 +408,7 @@ class ClusterState:
                 if gpu.mig_mode == pb.MIG_MODE_ENABLED
                 else []
             )
+        self.topology[i] = (tuple(int(gpu.numa_node) for gpu in inv.gpus), tuple(self.nvlink[i]))
         self.n_has_mig[i] = bool(self.n_has_mig[i]) or bool(self.g_mig[i].any())
         self.g_usable[i] = self.g_valid[i] & self.g_healthy[i] & ~self.g_mig[i]
         self.g_open[i] = self.g_usable[i]  # nothing is blocked outside a cycle
@@ -475,11 +479,19 @@ class ClusterState:
         if i is None:
             return None
         gpus = int(self.n_gpus[i])
-        for d in alloc.devices:
-            if not 0 <= d.col < gpus:
-                continue  # a GPU the node no longer reports
-            self.g_free_milli[i, d.col] -= sign * d.milli
-            self.g_free_mib[i, d.col] -= sign * d.mib
+        devices = [d for d in alloc.devices if 0 <= d.col < gpus]  # not a GPU the node no longer reports
+        if len(devices) > 2:  # several GPUs (whole-GPU jobs): one read and one write per row
+            milli, mib = self.g_free_milli[i].tolist(), self.g_free_mib[i].tolist()
+            for d in devices:
+                milli[d.col] -= sign * d.milli
+                mib[d.col] -= sign * d.mib
+            self.g_free_milli[i] = milli
+            self.g_free_mib[i] = mib
+        else:
+            for d in devices:
+                self.g_free_milli[i, d.col] -= sign * d.milli
+                self.g_free_mib[i, d.col] -= sign * d.mib
+        for d in devices:
             if d.mig_uuid:
                 for s in self.mig_slots[i][d.col]:
                     if s.uuid == d.mig_uuid:
