@@ -13,7 +13,7 @@ most of them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -56,25 +56,27 @@ def may_fit(st: ClusterState, req: Request, idx: I64) -> B:
 
 
 def may_fit_one(st: ClusterState, req: Request, i: int) -> bool:
-    """:func:`may_fit` for node slot ``i``."""
-    if not (st.n_alive[i] and st.n_ready[i]):
+    """:func:`may_fit` for node slot ``i`` (the GPU condition first: on a loaded fleet it rules out most)."""
+    kind = req.kind
+    if kind == KIND_FRACTION:
+        if st.n_max_frac[i] < req.milli_per_gpu:
+            return False
+    elif kind == KIND_WHOLE:
+        if st.n_free_whole[i] < req.gpus:
+            return False
+    elif kind == KIND_MIG and not st.mig_free_array(req.mig_profile)[i].any():
         return False
     if req.cpu_milli and st.n_free_cpu[i] < req.cpu_milli:
         return False
     if req.memory_mib and st.n_free_mem[i] < req.memory_mib:
         return False
-    if req.kind == KIND_FRACTION:
-        return bool(st.n_max_frac[i] >= req.milli_per_gpu)
-    if req.kind == KIND_WHOLE:
-        return bool(st.n_free_whole[i] >= req.gpus)
-    if req.kind == KIND_MIG:
-        return bool(st.mig_free_array(req.mig_profile)[i].any())
-    return True
+    return bool(st.n_alive[i] and st.n_ready[i])
 
 
 class ShapeCache:
     def __init__(self) -> None:
         self._entries: dict[tuple[object, ...], _Entry] = {}
+        self._pre: tuple[CycleState, CycleState] | None = None
 
     def best(
         self,
@@ -122,7 +124,7 @@ class ShapeCache:
         changed = st.changed_since(e.synced) if e.synced >= 0 else None
         e.synced = st.version
         if changed is not None and len(changed) <= PRECHECK_ONE_BY_ONE:
-            nodes = sorted(set(changed.tolist()))
+            nodes = sorted(set(changed))
             fit = [i for i in nodes if may_fit_one(st, req, i)]
             if len(fit) <= ONE_BY_ONE:
                 self._one_by_one(cycle, e, nodes, fit, evaluate_one)
@@ -130,7 +132,7 @@ class ShapeCache:
             idx = np.array(nodes, dtype=np.int64)
         elif changed is not None:
             mark = np.zeros(n, dtype=np.bool_)
-            mark[changed] = True
+            mark[np.frombuffer(changed, dtype=np.int64)] = True
             idx = np.flatnonzero(mark)
         else:
             idx = np.arange(n, dtype=np.int64)
@@ -139,7 +141,7 @@ class ShapeCache:
             e.col[idx] = -1
             idx = idx[may_fit(st, req, idx)]
         if 0 < len(idx) <= ONE_BY_ONE:
-            one = CycleState(st, cycle.config, cycle.now_ms, cycle.mix, cycle.notes, prechecked=True)
+            one = self._prechecked(cycle)
             for i in idx.tolist():
                 got = evaluate_one(one, i)
                 if got is not None:
@@ -153,8 +155,15 @@ class ShapeCache:
         e.best = i if e.score[i] > NEG else -1
         return e
 
-    @staticmethod
+    def _prechecked(self, cycle: CycleState) -> CycleState:
+        """``cycle`` for nodes that passed :func:`may_fit` (one per cycle)."""
+        got = self._pre
+        if got is None or got[0] is not cycle:
+            got = self._pre = (cycle, replace(cycle, prechecked=True))
+        return got[1]
+
     def _one_by_one(
+        self,
         cycle: CycleState,
         e: _Entry,
         nodes: list[int],
@@ -162,8 +171,7 @@ class ShapeCache:
         evaluate_one: Callable[[CycleState, int], tuple[int, int] | None],
     ) -> None:
         """Update the changed ``nodes`` (``fit``: those passing :func:`may_fit`) and the best node."""
-        st = cycle.state
-        one = CycleState(st, cycle.config, cycle.now_ms, cycle.mix, cycle.notes, prechecked=True)
+        one = self._prechecked(cycle)
         rescan = False
         best, top = e.best, (int(e.score[e.best]) if e.best >= 0 else NEG)
         for i in nodes:

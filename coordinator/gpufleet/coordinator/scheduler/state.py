@@ -332,14 +332,13 @@ class ClusterState:
             self._log = log = array.array("q")
         log.append(i)
 
-    def changed_since(self, version: int) -> I64 | None:
+    def changed_since(self, version: int) -> array.array[int] | None:
         """Node slots whose rows changed after ``version`` (in order, with repeats), or None when the log no longer reaches back that far (then any node may
         have changed)."""
         start = version - self._log_base
         if start < 0:
             return None
-        out: I64 = np.frombuffer(self._log[start:], dtype=np.int64)  # a copy: the log itself stays resizable
-        return out
+        return self._log[start:]  # a copy (``np.frombuffer`` reads it as int64)
 
     def mig_free_array(self, profile: str) -> I64:
         """(cap, G) count of free MIG slices of ``profile`` per GPU (created on first use)."""
