@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gpufleet.common import lifecycle as lc
+from gpufleet.coordinator.scheduler.scheduler import reason_parts
 from gpufleet.proto.v1 import agent_pb2 as apb
 from gpufleet.proto.v1 import types_pb2 as pb
 
@@ -50,9 +51,31 @@ def place(job: pb.Job, assignments: Sequence[pb.TaskAssignment], *, now_ms: int)
     job.exit_code = 0
 
 
+def unplaced_changed(job: pb.Job, why: str) -> bool:
+    """Whether recording ``why`` as the job's pending reason is worth a write: what keeps it pending changed, or
+    its place in the queue or the time to its deadline moved by more than a quarter (exactly while below
+    :data:`EXACT_BELOW`). Otherwise every placement would rewrite every job queued behind it."""
+    if job.reason != UNSCHEDULABLE:
+        return True
+    if job.message == why:
+        return False
+    old, new = reason_parts(job.message), reason_parts(why)
+    return old[0] != new[0] or _moved(old[1], new[1]) or _moved(old[2], new[2])
+
+
+EXACT_BELOW = 9
+
+
+def _moved(old: int | None, new: int | None) -> bool:
+    if old is None or new is None:
+        return old != new
+    return abs(new - old) > (abs(old) // 4 if abs(old) >= EXACT_BELOW else 0)
+
+
 def set_unplaced(job: pb.Job, why: str) -> bool:
-    """Record why a pending job is still pending; returns False when that is already what it says."""
-    if job.reason == UNSCHEDULABLE and job.message == why:
+    """Record why a pending job is still pending; returns False when :func:`unplaced_changed` says the stored
+    reason is still good enough."""
+    if not unplaced_changed(job, why):
         return False
     job.reason = UNSCHEDULABLE
     job.message = why

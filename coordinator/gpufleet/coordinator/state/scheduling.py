@@ -4,7 +4,8 @@
 Cycles run on events (a job became PENDING, capacity was freed, a node changed) and on a periodic tick. A plan is
 committed in order (preemptions, then placements, then changed unplaced reasons), a few dozen jobs per txn, each
 job conditioned on the revision the plan saw; if a txn loses a race the rest of the plan is dropped and the loop
-plans again from the refreshed view. An unplaced job's reason is written only when it changes.
+plans again from the refreshed view. An unplaced job's reason is written only when what keeps it pending changes
+or its queue position or time to deadline moves by more than a quarter (``job_rules.unplaced_changed``).
 """
 
 from __future__ import annotations
@@ -181,11 +182,13 @@ class SchedulingLoop:
             cur = self.view.jobs.get(job_id)
             if cur is None or cur.state != lc.PENDING:
                 continue
-            j = copy_job(cur)
             if plan.codes.get(job_id) == "DEADLINE":  # time only moves on: it can never run now
+                j = copy_job(cur)
                 lc.transition(j, lc.FAILED, at_ms=now, reason="DEADLINE_EXCEEDED", message=why)
                 batches[2].append(j)
-            elif job_rules.set_unplaced(j, why):
+            elif job_rules.unplaced_changed(cur, why):
+                j = copy_job(cur)
+                job_rules.set_unplaced(j, why)
                 batches[2].append(j)
         chunk = self.config.txn_chunk
         for batch in batches:
