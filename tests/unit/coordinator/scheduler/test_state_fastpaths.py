@@ -287,3 +287,35 @@ def test_the_shape_cache_plans_what_evaluating_the_whole_fleet_for_every_job_pla
         by_id = {j.id: j for j in queue}
         for p in cached.placements:
             st.bind(placed(by_id[p.job_id], p.assignments))
+
+
+def test_the_one_node_fragmentation_matches_the_vector_one_on_nodes_short_of_cpu() -> None:
+    # small, CPU-tight nodes and a mix whose classes differ in CPU need: a placement's own CPU makes classes
+    # infeasible (the path the vector form computes with masks and the one-node form with bisects)
+    rng = random.Random(3)
+    st = ClusterState()
+    for i in range(30):
+        st.upsert_node(make_node(f"c{i}", "A100-80GB", rng.choice((2, 4, 8)), rng.choice((6_000, 12_000, 24_000))))
+    sched = Scheduler()
+    for k in range(120):
+        j = make_job(f"b{k}", rng.choice((0.1, 0.3, 0.5, 0.7, 1, 2)), rng.choice((500, 1000, 2000, 3000, 5000)), 1024)
+        p = sched.schedule(st, [j], 0).placement(j.id)
+        if p is not None:
+            st.bind(placed(j, p.assignments))
+    cycle = CycleState(st, sched.config, 0, st.mix.classes())
+    frag = next(p for p, _ in sched.profile.score if p.name == "Fragmentation")
+    checked = 0
+    for milli in (0.2, 0.5, 1, 2):
+        for cpu in (0, 1000, 2500, 4000, 7000):
+            req = request_from_job(make_job("p", milli, cpu, 512))
+            res, cand = sched.filter(cycle, req)
+            if not res.ok:
+                continue
+            opts = placement.options(req, cand)
+            for i in np.unique(opts.node).tolist():
+                mine = Options(opts.node[opts.node == i], opts.col[opts.node == i])
+                vec = frag.score(cycle, req, mine)
+                assert vec is not None
+                assert frag.score_one(cycle, req, i, mine.col.tolist()) == vec.tolist(), (req.describe(), i)
+                checked += 1
+    assert checked > 100

@@ -10,6 +10,8 @@ fragmentation is the mix-weighted sum; an option scores higher the less it *incr
 
 from __future__ import annotations
 
+import bisect
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -86,28 +88,38 @@ def frag_delta(cycle: CycleState, req: Request, opts: Options) -> F64:
 
 def frag_delta_one(cycle: CycleState, req: Request, i: int, cols: list[int]) -> list[float]:
     """:func:`frag_delta` for the options of node slot ``i`` (GPU columns, or ``[-1]``), in plain Python: the
-    same integer sums, divided and offset by the same float operations, so the same numbers."""
+    same integer sums, divided and offset by the same float operations, so the same numbers.
+
+    Fraction classes (no whole GPUs) are infeasible on a node exactly when they need more CPU than it has, so,
+    sorted by CPU need, the infeasible ones are a suffix (bisect) and the feasible ones a prefix whose GPU-level
+    term comes from per-prefix threshold tables (:class:`_OneMix`); only whole-GPU classes and the classes
+    the placement itself makes infeasible are visited one by one."""
     st = cycle.state
-    mix = cycle.mix
-    classes = _mix_lists(cycle)
+    fm = _one_mix(cycle)
     s = int(st.n_free_milli[i])
     cpu = int(st.n_free_cpu[i])
     whole = int(st.n_free_whole[i])
     sig = st.n_sigma[i].tolist()
     cpu_after = cpu - req.cpu_milli
-    total = mix.count_total
-    if req.kind != "fraction":
-        d = req.gpus * MILLI
-        whole_after = whole - req.gpus
-        num = 0
-        for k, need, cnt, _, col in classes:
-            if cpu < need or (k and whole < k):
-                num -= d * cnt
-            elif cpu_after < need or (k and whole_after < k):
-                num += (s - d - sig[col]) * cnt
-        return [num / total + _cpu_strand_one(cycle, req, s, cpu, d)] * len(cols)
-    d = req.milli_per_gpu
+    total = cycle.mix.count_total
+    fraction = req.kind == "fraction"
+    d = req.milli_per_gpu if fraction else req.gpus * MILLI
     strand = _cpu_strand_one(cycle, req, s, cpu, d)
+    ib = bisect.bisect_right(fm.needs0, cpu)  # fraction classes from ib on were infeasible already
+    ia = bisect.bisect_right(fm.needs0, cpu_after)  # from ia on they are after the placement
+    node0 = -d * fm.suffix0[ib]
+    for m in range(ia, ib):
+        node0 += fm.count0[m] * (s - d - sig[fm.col0[m]])
+    if not fraction:
+        node_k = 0
+        whole_after = whole - req.gpus
+        for k, need, cnt, _, col in fm.whole:
+            if cpu < need or whole < k:
+                node_k -= d * cnt
+            elif cpu_after < need or whole_after < k:
+                node_k += (s - d - sig[col]) * cnt
+        return [(node0 + node_k) / total + strand] * len(cols)
+    thr0, above0 = fm.thresholds[ia]
     free = st.g_free_milli[i].tolist()
     variants: dict[int, tuple[int, list[tuple[int, int]]]] = {}
     terms: dict[int, float] = {}
@@ -119,19 +131,22 @@ def frag_delta_one(cycle: CycleState, req: Request, i: int, cols: list[int]) -> 
             v = 1 if f >= MILLI else 0  # an idle GPU: one fewer idle GPU after
             var = variants.get(v)
             if var is None:
-                node_num = 0
-                feasible: list[tuple[int, int]] = []  # (count, threshold) of classes still feasible after
-                for k, need, cnt, thr, col in classes:
-                    if cpu_after < need or (k and whole - v < k):
-                        if cpu < need or (k and whole < k):
-                            node_num -= d * cnt
+                node_k = 0
+                feasible: list[tuple[int, int]] = []  # (count, threshold) of whole-GPU classes feasible after
+                for k, need, cnt, thr, col in fm.whole:
+                    if cpu_after < need or whole - v < k:
+                        if cpu < need or whole < k:
+                            node_k -= d * cnt
                         else:
-                            node_num += (s - d - sig[col]) * cnt
+                            node_k += (s - d - sig[col]) * cnt
                     else:
                         feasible.append((cnt, thr))
-                var = variants[v] = (node_num, feasible)
+                var = variants[v] = (node0 + node_k, feasible)
             after = f - d if f > d else 0
-            gpu_num = 0
+            # h(x) = x below the threshold, else 0; h(after) - h(f) is after - f for thresholds above f,
+            # after for thresholds in (after, f], 0 below
+            above_f = above0[bisect.bisect_right(thr0, f)]
+            gpu_num = (after - f) * above_f + after * (above0[bisect.bisect_right(thr0, after)] - above_f)
             for cnt, thr in var[1]:
                 gpu_num += cnt * ((after if after < thr else 0) - (f if f < thr else 0))
             got = terms[f] = (var[0] + gpu_num) / total + strand
@@ -139,14 +154,28 @@ def frag_delta_one(cycle: CycleState, req: Request, i: int, cols: list[int]) -> 
     return out
 
 
-def _mix_lists(cycle: CycleState) -> list[tuple[int, int, int, int, int]]:
-    """The mix's classes as (gpus, cpu, count, threshold, sigma column) tuples; cached with the classes."""
-    got = cycle.notes.get("frag_mix_lists")
+@dataclass(frozen=True, slots=True)
+class _OneMix:
+    """The mix's classes arranged for :func:`frag_delta_one`; cached with the classes."""
+
+    needs0: list[int]  # CPU need of each fraction class (no whole GPUs), ascending
+    count0: list[int]
+    col0: list[int]  # its n_sigma column
+    suffix0: list[int]  # suffix0[p]: the counts of fraction classes p.. summed
+    # per prefix length p of the fraction classes: their thresholds ascending, and above[j] = the counts of
+    # thresholds j.. summed (so the count of classes in the prefix with a threshold above x is
+    # above[bisect_right(thresholds, x)])
+    thresholds: list[tuple[list[int], list[int]]]
+    whole: list[tuple[int, int, int, int, int]]  # (gpus, cpu, count, threshold, column) of whole-GPU classes
+
+
+def _one_mix(cycle: CycleState) -> _OneMix:
+    got = cycle.notes.get("frag_one_mix")
     mix = cycle.mix
     if isinstance(got, tuple) and got[0] is mix:
-        lists: list[tuple[int, int, int, int, int]] = got[1]
-        return lists
-    lists = list(
+        cached: _OneMix = got[1]
+        return cached
+    classes = list(
         zip(
             mix.gpus.tolist(),
             mix.cpu.tolist(),
@@ -156,8 +185,27 @@ def _mix_lists(cycle: CycleState) -> list[tuple[int, int, int, int, int]]:
             strict=True,
         )
     )
-    cycle.notes["frag_mix_lists"] = (mix, lists)
-    return lists
+    frac = sorted((c for c in classes if c[0] == 0), key=lambda c: c[1])
+    suffix0 = [0] * (len(frac) + 1)
+    for p in range(len(frac) - 1, -1, -1):
+        suffix0[p] = suffix0[p + 1] + frac[p][2]
+    thresholds: list[tuple[list[int], list[int]]] = []
+    for p in range(len(frac) + 1):
+        items = sorted((c[3], c[2]) for c in frac[:p])
+        above = [0] * (len(items) + 1)
+        for j in range(len(items) - 1, -1, -1):
+            above[j] = above[j + 1] + items[j][1]
+        thresholds.append(([t for t, _ in items], above))
+    one = _OneMix(
+        needs0=[c[1] for c in frac],
+        count0=[c[2] for c in frac],
+        col0=[c[4] for c in frac],
+        suffix0=suffix0,
+        thresholds=thresholds,
+        whole=[c for c in classes if c[0] > 0],
+    )
+    cycle.notes["frag_one_mix"] = (mix, one)
+    return one
 
 
 def _cpu_strand_one(cycle: CycleState, req: Request, s: int, cpu: int, d: int) -> float:
