@@ -13,7 +13,7 @@ most of them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -159,7 +159,8 @@ class ShapeCache:
         """``cycle`` for nodes that passed :func:`may_fit` (one per cycle)."""
         got = self._pre
         if got is None or got[0] is not cycle:
-            got = self._pre = (cycle, replace(cycle, prechecked=True))
+            c = cycle
+            got = self._pre = (cycle, CycleState(c.state, c.config, c.now_ms, c.mix, c.notes, c.memo, prechecked=True))
         return got[1]
 
     def _one_by_one(
