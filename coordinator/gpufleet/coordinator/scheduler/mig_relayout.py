@@ -18,7 +18,7 @@ from gpufleet.common.gpu_models import PlacedInstance
 from gpufleet.coordinator.scheduler.framework import B
 from gpufleet.coordinator.scheduler.plugins.mig import models_with_profile
 from gpufleet.coordinator.scheduler.request import Request
-from gpufleet.coordinator.scheduler.state import ClusterState, MigSlot
+from gpufleet.coordinator.scheduler.state import ClusterState
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,18 +37,19 @@ def plan(state: ClusterState, req: Request, node_mask: B) -> RelayoutChoice | No
     gpus = state.g_valid[:n] & state.g_mig[:n] & state.g_healthy[:n] & ~state.g_blocked[:n]
     gpus &= np.isin(state.g_model[:n], ids) & node_mask[:, None]
     best: tuple[tuple[int, int, int, int], RelayoutChoice] | None = None
-    for flat in np.flatnonzero(gpus):
-        i, col = divmod(int(flat), state.G)
-        name = state.models.names[int(state.g_model[i, col])]
-        slots = state.mig_slots[i][col]
-        layout_key = (name, req.mig_profile, tuple((s.profile, s.start, s.used) for s in slots))
-        if layout_key in _LAYOUTS:
-            got = _LAYOUTS[layout_key]
+    profile = req.mig_profile
+    g = state.G
+    for flat in np.flatnonzero(gpus).tolist():
+        i, col = divmod(flat, g)
+        layout_id, layout = state.mig_layout(i, col)
+        memo_key = (layout_id, profile)
+        if memo_key in _LAYOUTS:
+            got = _LAYOUTS[memo_key]
         else:
-            got = _layout(name, slots, req.mig_profile)
+            got = _layout(layout[0], layout[1], profile)
             if len(_LAYOUTS) >= _LAYOUTS_MAX:
                 _LAYOUTS.clear()
-            _LAYOUTS[layout_key] = got
+            _LAYOUTS[memo_key] = got
         if got is None:
             continue
         profiles, cost, starts, n_used = got
@@ -58,25 +59,26 @@ def plan(state: ClusterState, req: Request, node_mask: B) -> RelayoutChoice | No
     return best[1] if best else None
 
 
-# (model, profile, slots as (profile, start, used)) -> the GPU's re-layout (a pure function; bounded memo)
+# (layout id from ClusterState.mig_layout, profile) -> the GPU's re-layout (a pure function; bounded memo)
 _Layout = tuple[tuple[str, ...], int, tuple[int, ...], int] | None
-_LAYOUTS: dict[tuple[str, str, tuple[tuple[str, int, bool], ...]], _Layout] = {}
+_LAYOUTS: dict[tuple[int, str], _Layout] = {}
 _LAYOUTS_MAX = 16_384
 
 
-def _layout(model_name: str, slots: list[MigSlot], profile: str) -> _Layout:
-    """(profiles, cost, starts, slices in use) of the cheapest new layout of one GPU, or None."""
+def _layout(model_name: str, slots: tuple[tuple[str, int, bool], ...], profile: str) -> _Layout:
+    """(profiles, cost, starts, slices in use) of the cheapest new layout of one GPU (its slots as (profile,
+    start, in use)), or None."""
     model = gpu_models.MODELS.get(model_name)
     if model is None:
         return None
     used: list[PlacedInstance] = []
     free: list[PlacedInstance] = []
-    for s in slots:
+    for slot_profile, slot_start, in_use in slots:
         try:
-            inst = PlacedInstance(model.profile(s.profile), s.start)
+            inst = PlacedInstance(model.profile(slot_profile), slot_start)
         except InvalidInputError:
             continue
-        (used if s.used else free).append(inst)
+        (used if in_use else free).append(inst)
     start = gpu_models.find_start(model, used, profile)
     if start is None:
         return None

@@ -129,6 +129,10 @@ class _Interner:
 
 
 _UIDS = itertools.count(1)
+MigLayout = tuple[str, tuple[tuple[str, int, bool], ...]]
+_LAYOUT_IDS: dict[MigLayout, int] = {}
+_LAYOUT_IDS_MAX = 65_536
+_LAYOUT_ID_SEQ = itertools.count(1)
 CHANGE_LOG_MAX = 1 << 16
 
 # sorted free-milli row -> its sigma row; rows repeat a lot across nodes and reservations (bounded memo)
@@ -162,6 +166,9 @@ class ClusterState:
         self.gpu_index: list[list[int]] = []  # node slot -> column -> Gpu.index
         self.gpu_uuid: list[list[str]] = []
         self.nvlink: list[list[frozenset[int]]] = []  # node slot -> column -> peer columns
+        self.row_version: list[int] = []  # node slot -> the version its row last changed at
+        # (node slot, column) -> (row version, layout id, (model, MIG slots as (profile, start, used)))
+        self._mig_layouts: dict[tuple[int, int], tuple[int, int, MigLayout]] = {}
         # node slot -> (NUMA node per column, NVLink peers per column): what whole-GPU picks depend on
         self.topology: list[tuple[tuple[int, ...], tuple[frozenset[int], ...]]] = []
         self.mig_slots: list[list[list[MigSlot]]] = []
@@ -259,6 +266,7 @@ class ClusterState:
             self.gpu_uuid.append([])
             self.nvlink.append([])
             self.topology.append(((), ()))
+            self.row_version.append(0)
             self.mig_slots.append([])
 
     # declared for mypy; set in _alloc_arrays
@@ -326,6 +334,7 @@ class ClusterState:
 
     def _changed(self, i: int) -> None:
         self.version += 1
+        self.row_version[i] = self.version
         log = self._log
         if len(log) >= CHANGE_LOG_MAX:  # caches synced before this many changes re-read every node
             self._log_base += len(log)
@@ -339,6 +348,25 @@ class ClusterState:
         if start < 0:
             return None
         return self._log[start:]  # a copy (``np.frombuffer`` reads it as int64)
+
+    def mig_layout(self, i: int, col: int) -> tuple[int, MigLayout]:
+        """GPU ``col`` of node slot ``i`` as (a small id, (model, its MIG slots as (profile, start, in use))):
+        equal layouts have equal ids, so re-layout answers can be remembered by id (recomputed when the row
+        changed)."""
+        got = self._mig_layouts.get((i, col))
+        version = self.row_version[i]
+        if got is None or got[0] != version:
+            layout = (
+                self.models.names[int(self.g_model[i, col])],
+                tuple((s.profile, s.start, s.used) for s in self.mig_slots[i][col]),
+            )
+            layout_id = _LAYOUT_IDS.get(layout)
+            if layout_id is None:
+                if len(_LAYOUT_IDS) >= _LAYOUT_IDS_MAX:
+                    _LAYOUT_IDS.clear()  # ids are never reused: answers remembered by an old id stay right
+                layout_id = _LAYOUT_IDS[layout] = next(_LAYOUT_ID_SEQ)
+            got = self._mig_layouts[(i, col)] = (version, layout_id, layout)
+        return got[1], got[2]
 
     def mig_free_array(self, profile: str) -> I64:
         """(cap, G) count of free MIG slices of ``profile`` per GPU (created on first use)."""
