@@ -87,7 +87,7 @@ class Scheduler:
         # pending job's spec does not change, and parsing 10,000 protobufs per cycle would dominate the cycle
         self._requests: dict[str, tuple[tuple[int, int, int, int], Request]] = {}
         # per-node best options per request shape, valid while the state object and the mix classes are the
-        # same ones (node rows changed since are re-evaluated through their versions)
+        # same ones (node rows changed since are re-evaluated: ClusterState.changed_since)
         self._carry: tuple[int, MixClasses, ShapeCache, dict[str, object]] | None = None
         # _never_fits answers per request shape, valid while (state uid, ClusterState.nodes_version) is the same
         self._never: tuple[tuple[int, int], dict[tuple[object, ...], bool]] = ((0, 0), {})

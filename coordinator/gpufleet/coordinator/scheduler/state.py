@@ -342,8 +342,8 @@ class ClusterState:
         log.append(i)
 
     def changed_since(self, version: int) -> array.array[int] | None:
-        """Node slots whose rows changed after ``version`` (in order, with repeats), or None when the log no longer reaches back that far (then any node may
-        have changed)."""
+        """Node slots whose rows changed after ``version`` (in order, with repeats), or None when the log no
+        longer reaches back that far (then any node may have changed)."""
         start = version - self._log_base
         if start < 0:
             return None
