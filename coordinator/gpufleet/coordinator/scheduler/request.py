@@ -6,6 +6,7 @@ field instead of an exception escaping the cycle.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from gpufleet.common.errors import InvalidInputError, Problem
@@ -13,6 +14,9 @@ from gpufleet.proto.v1 import types_pb2 as pb
 
 MILLI = 1000
 NO_DEADLINE = 1 << 62  # sorts after every real deadline
+_CACHE_IDS: dict[tuple[object, ...], int] = {}
+_CACHE_IDS_MAX = 1 << 20
+_CACHE_ID_SEQ = itertools.count(1)
 
 KIND_CPU = "cpu"
 KIND_FRACTION = "fraction"
@@ -44,9 +48,11 @@ class Request:
     max_price_micros: int
     spread: bool
     # requests with the same key get the same answer from the filters in one cycle (with the team: the
-    # scheduler's key for answers it remembers within a cycle)
+    # scheduler's key for answers it remembers within a cycle; cache_id numbers the distinct cache keys, a
+    # cheaper dict key than the nested tuple, which Python re-hashes on every lookup)
     shape_key: tuple[object, ...] = field(init=False, repr=False, compare=False)
     cache_key: tuple[object, ...] = field(init=False, repr=False, compare=False)
+    cache_id: int = field(init=False, repr=False, compare=False)
     # a team's own queue order: earliest deadline (none: last), then arrival, then id (queue.py)
     own_key: tuple[int, int, str] = field(init=False, repr=False, compare=False)
 
@@ -67,7 +73,14 @@ class Request:
             self.max_price_micros,
         )
         object.__setattr__(self, "shape_key", shape)
-        object.__setattr__(self, "cache_key", (shape, self.team))
+        key = (shape, self.team)
+        object.__setattr__(self, "cache_key", key)
+        cache_id = _CACHE_IDS.get(key)
+        if cache_id is None:
+            if len(_CACHE_IDS) >= _CACHE_IDS_MAX:
+                _CACHE_IDS.clear()  # ids are never reused: a key seen again just gets a new one
+            cache_id = _CACHE_IDS[key] = next(_CACHE_ID_SEQ)
+        object.__setattr__(self, "cache_id", cache_id)
         object.__setattr__(self, "own_key", (self.deadline_ms or NO_DEADLINE, self.created_ms, self.job_id))
 
     @property

@@ -72,7 +72,7 @@ _CODES = {"Budget": "BUDGET", "Deadline": "DEADLINE", "Quota": "QUOTA"}
 class _Cycle:
     plan: Plan
     running: dict[str, pb.Job]
-    failed: dict[tuple[object, ...], tuple[str, str]]
+    failed: dict[int, tuple[str, str]]  # Request.cache_id -> (code, reason) of shapes that did not fit
     taken: set[str]
     cache: ShapeCache
     pre_filters: tuple[PreFilterPlugin, ...]
@@ -158,7 +158,7 @@ class Scheduler:
                 plan.unplaced[req.job_id] = r.reason
                 plan.codes[req.job_id] = _CODES.get(r.plugin, r.status.value)
                 return
-        key = req.cache_key
+        key = req.cache_id
         cached = run.failed.get(key)
         if cached is not None:
             plan.unplaced[req.job_id] = cached[1] + self._job_note(cycle, req, pos, team_ahead)
@@ -439,7 +439,7 @@ class Scheduler:
         cand: Candidates | None,
         pos: int,
         team_ahead: int,
-        key: tuple[object, ...] | None = None,
+        key: int | None = None,
     ) -> None:
         parts = [req.describe()]
         if res.reason:

@@ -75,13 +75,13 @@ def may_fit_one(st: ClusterState, req: Request, i: int) -> bool:
 
 class ShapeCache:
     def __init__(self) -> None:
-        self._entries: dict[tuple[object, ...], _Entry] = {}
+        self._entries: dict[int, _Entry] = {}  # by Request.cache_id
         self._pre: tuple[CycleState, CycleState] | None = None
 
     def best(
         self,
         cycle: CycleState,
-        key: tuple[object, ...],
+        key: int,
         req: Request,
         evaluate_on: Callable[[CycleState, B], tuple[Candidates, Options, I64] | None],
         evaluate_one: Callable[[CycleState, int], tuple[int, int] | None],
@@ -98,7 +98,7 @@ class ShapeCache:
     def per_node(
         self,
         cycle: CycleState,
-        key: tuple[object, ...],
+        key: int,
         req: Request,
         evaluate_on: Callable[[CycleState, B], tuple[Candidates, Options, I64] | None],
         evaluate_one: Callable[[CycleState, int], tuple[int, int] | None],
@@ -111,7 +111,7 @@ class ShapeCache:
     def _sync(
         self,
         cycle: CycleState,
-        key: tuple[object, ...],
+        key: int,
         req: Request,
         evaluate_on: Callable[[CycleState, B], tuple[Candidates, Options, I64] | None],
         evaluate_one: Callable[[CycleState, int], tuple[int, int] | None],
