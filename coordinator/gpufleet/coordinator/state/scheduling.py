@@ -143,8 +143,9 @@ class SchedulingLoop:
             candidates = [j for j in candidates if j.state == lc.PENDING]
         self._full = False
         self._new_pending.clear()
-        # a preempted or drained job waits until its old attempt has stopped (StopTracker)
-        pending = sorted((j for j in candidates if not self.stops.held(j.id)), key=lambda j: (-j.priority_value, j.id))
+        # a preempted or drained job waits until its old attempt has stopped (StopTracker); the scheduler orders
+        # the queue itself (a total order ending in the job id), so the order of this list does not matter
+        pending = [j for j in candidates if not self.stops.held(j.id)]
         if not pending:
             return None
         running = [j for j in self.view.jobs.values() if j.state in lc.ACTIVE]

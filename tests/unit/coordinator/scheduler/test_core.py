@@ -220,3 +220,24 @@ def test_an_empty_fleet_leaves_every_kind_of_job_pending_with_a_reason() -> None
     assert not plan.placements
     assert set(plan.unplaced) == {"frac", "whole", "mig", "gang"}
     assert all(plan.unplaced.values())
+
+
+def test_the_plan_does_not_depend_on_the_order_pending_jobs_are_given_in() -> None:
+    import random
+
+    st = cluster(*(make_node(f"n{i}", "H100-80GB", 4, 32_000) for i in range(4)))
+    rng = random.Random(5)
+    jobs = [
+        make_job(
+            f"j{k}", rng.choice((0.25, 0.5, 1, 2)), 2000, team=rng.choice(("a", "b")), priority=rng.choice((0, 100))
+        )
+        for k in range(40)
+    ]
+    first = Scheduler().schedule(st, jobs, now_ms=0)
+    rng.shuffle(jobs)
+    again = Scheduler().schedule(st, jobs, now_ms=0)
+    assert [(p.job_id, list(p.assignments)) for p in first.placements] == [
+        (p.job_id, list(p.assignments)) for p in again.placements
+    ]
+    assert first.unplaced == again.unplaced
+    assert first.placements and first.unplaced
