@@ -64,6 +64,10 @@ class SchedulingLoop:
         # change, no tick), a cycle only considers these: the others did not fit before and still do not.
         self._new_pending: set[str] = set()
         self._full = True
+        # ids of the PENDING and of the active (SCHEDULED/RUNNING) jobs, kept from job events, so a cycle does
+        # not walk every job in the view (finished ones stay there for the retention period)
+        self._pending: set[str] = set()
+        self._active: set[str] = set()
 
     # ------------------------------------------------------------------ FleetListener
 
@@ -78,11 +82,22 @@ class SchedulingLoop:
                 self.state.unbind(new.id)
             if now:
                 self.state.bind(new)
+        self._track(new)
         if new.state == lc.PENDING and (old is None or old.state != lc.PENDING):
             self._new_pending.add(new.id)
             self._wake.set()
         elif was and not now:
             self.trigger()  # capacity freed
+
+    def _track(self, job: pb.Job) -> None:
+        if job.state == lc.PENDING:
+            self._pending.add(job.id)
+        else:
+            self._pending.discard(job.id)
+        if job.state in lc.ACTIVE:
+            self._active.add(job.id)
+        else:
+            self._active.discard(job.id)
 
     def node_changed(self, old: pb.Node | None, new: pb.Node) -> None:
         if not self.active:
@@ -105,9 +120,12 @@ class SchedulingLoop:
         self.state = ClusterState()
         for node in self.view.nodes.values():
             self.state.upsert_node(node)
+        self._pending.clear()
+        self._active.clear()
         for job in self.view.jobs.values():
             if _bound(job):
                 self.state.bind(job)
+            self._track(job)
         self._relayouts_sent.clear()
         self.active = True
         self.trigger()
@@ -136,11 +154,8 @@ class SchedulingLoop:
                 self.trigger()
 
     async def cycle(self) -> Plan | None:
-        if self._full:
-            candidates: list[pb.Job] = [j for j in self.view.jobs.values() if j.state == lc.PENDING]
-        else:
-            candidates = [j for j in map(self.view.jobs.get, self._new_pending) if j is not None]
-            candidates = [j for j in candidates if j.state == lc.PENDING]
+        wanted = self._pending if self._full else self._new_pending
+        candidates = [j for j in map(self.view.jobs.get, wanted) if j is not None and j.state == lc.PENDING]
         self._full = False
         self._new_pending.clear()
         # a preempted or drained job waits until its old attempt has stopped (StopTracker); the scheduler orders
@@ -148,7 +163,7 @@ class SchedulingLoop:
         pending = [j for j in candidates if not self.stops.held(j.id)]
         if not pending:
             return None
-        running = [j for j in self.view.jobs.values() if j.state in lc.ACTIVE]
+        running = [j for j in map(self.view.jobs.get, self._active) if j is not None and j.state in lc.ACTIVE]
         now = self.clock.now_ms()
         try:
             plan = self.scheduler.schedule(self.state, pending, now, running)
