@@ -68,7 +68,7 @@ sim: $(STAMP)
 # Benchmarks print tables with ratios against baselines measured in the same run (BENCH_ARGS=--quick for less).
 BENCH_ARGS ?=
 bench: $(STAMP)
-	@set -e; for b in control_plane scheduler agent autoscaler; do \
+	@set -e; for b in control_plane scheduler leader agent autoscaler; do \
 	  echo "== bench/$$b.py"; $(PY) bench/$$b.py $(BENCH_ARGS); done
 
 clean:

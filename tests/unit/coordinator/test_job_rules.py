@@ -6,7 +6,6 @@ import pytest
 
 from gpufleet.common import lifecycle as lc
 from gpufleet.common.errors import IllegalTransitionError
-from gpufleet.coordinator.scheduler.scheduler import reason_parts
 from gpufleet.coordinator.state import job_rules
 from gpufleet.proto.v1 import agent_pb2 as apb
 from gpufleet.proto.v1 import types_pb2 as pb
@@ -73,41 +72,35 @@ def test_unplaced_reason_is_written_only_when_it_changes() -> None:
     assert job_rules.set_unplaced(job, "quota")
 
 
-def test_a_pending_reason_is_rewritten_when_its_cause_changes_or_the_queue_moves_by_a_quarter() -> None:
+def test_a_pending_reason_is_rewritten_when_its_words_change_or_a_number_moves_by_a_quarter() -> None:
     job = _job()
-    core = "needs 2x H100-80GB on one node; 12 nodes have fewer than 2 idle GPUs"
-    assert job_rules.set_unplaced(job, f"{core}; 400 jobs ahead in the queue (40 of team ml)")
-    # the queue moved a little: the stored reason stays (no write for every job behind each placement)
-    assert not job_rules.set_unplaced(job, f"{core}; 350 jobs ahead in the queue (35 of team ml)")
-    assert not job_rules.set_unplaced(job, f"{core}; 301 jobs ahead in the queue (30 of team ml)")
-    # by more than a quarter: rewritten
-    assert job_rules.set_unplaced(job, f"{core}; 299 jobs ahead in the queue (30 of team ml)")
+
+    def why(short: int, ahead: int, team: int) -> str:
+        return (
+            f"needs 2x H100-80GB on one node; {short} nodes have fewer than 2 idle GPUs; "
+            f"{ahead} jobs ahead in the queue ({team} of team ml)"
+        )
+
+    assert job_rules.set_unplaced(job, why(120, 400, 40))
+    # the queue and the fleet moved a little: the stored reason stays (no write for every job behind each
+    # placement, nor for every node that changed)
+    assert not job_rules.set_unplaced(job, why(118, 350, 35))
+    assert not job_rules.set_unplaced(job, why(95, 301, 30))
+    # a number moved by more than a quarter: rewritten
+    assert job_rules.set_unplaced(job, why(120, 299, 30))
     assert "299 jobs ahead" in job.message
-    # the cause changed: rewritten whatever the position
+    # other words: rewritten whatever the numbers
     assert job_rules.set_unplaced(
         job, "team ml would exceed its GPU limit; 299 jobs ahead in the queue (30 of team ml)"
     )
-    # near the head of the queue every step is written
-    assert job_rules.set_unplaced(job, f"{core}; 3 jobs ahead in the queue (1 of team ml)")
-    assert job_rules.set_unplaced(job, f"{core}; 2 jobs ahead in the queue (1 of team ml)")
-    assert job_rules.set_unplaced(job, core)  # first in the queue: the position note goes away
+    # small numbers are exact: near the head of the queue every step is written
+    assert job_rules.set_unplaced(job, why(120, 3, 1))
+    assert job_rules.set_unplaced(job, why(120, 2, 1))
+    assert job_rules.set_unplaced(job, "needs 2x H100-80GB on one node; 120 nodes have fewer than 2 idle GPUs")
     # the time to a deadline counts down like the position
-    assert job_rules.set_unplaced(job, f"{core}; deadline in 600s")
-    assert not job_rules.set_unplaced(job, f"{core}; deadline in 500s")
-    assert job_rules.set_unplaced(job, f"{core}; deadline in 440s")
-
-
-def test_reason_parts_reads_back_what_the_scheduler_appends() -> None:
-    assert reason_parts("needs x; deadline in 300s; 5 jobs ahead in the queue (0 of team (none))") == (
-        "needs x",
-        300,
-        5,
-    )
-    assert reason_parts("needs 1x MIG 1g.10gb (A100); no free slice") == (
-        "needs 1x MIG 1g.10gb (A100); no free slice",
-        None,
-        None,
-    )
+    assert job_rules.set_unplaced(job, "needs 1x H100-80GB on one node; deadline in 600s")
+    assert not job_rules.set_unplaced(job, "needs 1x H100-80GB on one node; deadline in 500s")
+    assert job_rules.set_unplaced(job, "needs 1x H100-80GB on one node; deadline in 440s")
 
 
 def test_cancel_of_finished_job_is_illegal() -> None:

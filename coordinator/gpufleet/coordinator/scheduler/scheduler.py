@@ -10,7 +10,6 @@ At the end every reservation is rolled back, so the state is untouched and the P
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,19 +49,6 @@ from gpufleet.coordinator.scheduler.types import (
 from gpufleet.proto.v1 import types_pb2 as pb
 
 MIX_MIN_SAMPLES = 50
-# the tail ``Scheduler._job_note`` appends to a pending job's reason
-_NOTE = re.compile(r"(?:; deadline in (-?\d+)s)?(?:; (\d+) jobs ahead in the queue \((\d+) of team .*\))?$")
-
-
-def reason_parts(reason: str) -> tuple[str, int | None, int | None]:
-    """A pending job's reason split into what keeps it pending, seconds to its deadline and jobs ahead of it in
-    the queue (None where the reason says nothing about them). The last two move every cycle; a committer may
-    rewrite a stored reason only when the first changes or they move by much."""
-    m = _NOTE.search(reason)
-    if m is None or m.start() == len(reason):
-        return reason, None, None
-    deadline, ahead = m.group(1), m.group(2)
-    return reason[: m.start()], int(deadline) if deadline else None, int(ahead) if ahead else None
 
 
 _CODES = {"Budget": "BUDGET", "Deadline": "DEADLINE", "Quota": "QUOTA"}
@@ -422,7 +408,7 @@ class Scheduler:
 
     @staticmethod
     def _job_note(cycle: CycleState, req: Request, pos: int, team_ahead: int) -> str:
-        """The per-job tail of a pending job's reason (read back by :func:`reason_parts`)."""
+        """The per-job tail of a pending job's reason."""
         note = ""
         if req.deadline_ms:
             note += f"; deadline in {(req.deadline_ms - cycle.now_ms) / 1000:.0f}s"

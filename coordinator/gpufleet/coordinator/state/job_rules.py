@@ -6,10 +6,10 @@ edge lands in the job's history with a time and a reason code.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from gpufleet.common import lifecycle as lc
-from gpufleet.coordinator.scheduler.scheduler import reason_parts
 from gpufleet.proto.v1 import agent_pb2 as apb
 from gpufleet.proto.v1 import types_pb2 as pb
 
@@ -52,24 +52,26 @@ def place(job: pb.Job, assignments: Sequence[pb.TaskAssignment], *, now_ms: int)
 
 
 def unplaced_changed(job: pb.Job, why: str) -> bool:
-    """Whether recording ``why`` as the job's pending reason is worth a write: what keeps it pending changed, or
-    its place in the queue or the time to its deadline moved by more than a quarter (exactly while below
-    :data:`EXACT_BELOW`). Otherwise every placement would rewrite every job queued behind it."""
+    """Whether recording ``why`` as the job's pending reason is worth a write: its words changed, or one of its
+    numbers (jobs ahead in the queue, seconds to the deadline, nodes short of something) moved by more than a
+    quarter, or at all while below :data:`EXACT_BELOW`. Otherwise every placement would rewrite every job queued
+    behind it."""
     if job.reason != UNSCHEDULABLE:
         return True
-    if job.message == why:
+    old = job.message
+    if old == why:
         return False
-    old, new = reason_parts(job.message), reason_parts(why)
-    return old[0] != new[0] or _moved(old[1], new[1]) or _moved(old[2], new[2])
+    if _NUMBER.sub("#", old) != _NUMBER.sub("#", why):
+        return True
+    return any(_moved(int(a), int(b)) for a, b in zip(_NUMBER.findall(old), _NUMBER.findall(why), strict=True))
 
 
+_NUMBER = re.compile(r"\d+")
 EXACT_BELOW = 9
 
 
-def _moved(old: int | None, new: int | None) -> bool:
-    if old is None or new is None:
-        return old != new
-    return abs(new - old) > (abs(old) // 4 if abs(old) >= EXACT_BELOW else 0)
+def _moved(old: int, new: int) -> bool:
+    return abs(new - old) > (old // 4 if old >= EXACT_BELOW else 0)
 
 
 def set_unplaced(job: pb.Job, why: str) -> bool:

@@ -4,8 +4,8 @@
 Cycles run on events (a job became PENDING, capacity was freed, a node changed) and on a periodic tick. A plan is
 committed in order (preemptions, then placements, then changed unplaced reasons), a few dozen jobs per txn, each
 job conditioned on the revision the plan saw; if a txn loses a race the rest of the plan is dropped and the loop
-plans again from the refreshed view. An unplaced job's reason is written only when what keeps it pending changes
-or its queue position or time to deadline moves by more than a quarter (``job_rules.unplaced_changed``).
+plans again from the refreshed view. An unplaced job's reason is written only when its words change or one of its
+numbers (queue position, time to deadline, node counts) moves by more than a quarter (``job_rules.unplaced_changed``).
 """
 
 from __future__ import annotations
