@@ -8,8 +8,8 @@ jobs are submitted and the leader runs full cycles (as its periodic tick does); 
 3 % of the running jobs finish, so every cycle places some of the queue, as on a busy cluster.
 
 Baseline in the same run: the same scenario with the earlier rule for pending reasons (rewrite a job whenever the
-text of its reason changed, and its queue position is in that text), against the current rule (rewrite when what
-keeps it pending changes or its position / time to deadline moves by more than a quarter).
+text of its reason changed, and its queue position is in that text), against the current rule (rewrite when its
+words change or one of its numbers, such as the queue position, moves by more than a quarter).
 
     python bench/leader.py [--quick] [--nodes N] [--pending N] [--seed N]
 """
