@@ -69,8 +69,11 @@ class Scheduler:
     def __init__(self, profile: Profile | None = None, config: SchedulerConfig | None = None) -> None:
         self.profile = profile or DEFAULT_PROFILE
         self.config = config or SchedulerConfig()
-        # parsed requests of pending jobs, memoized across cycles by (id, revision, updated_ms, attempt): a
-        # pending job's spec does not change, and parsing 10,000 protobufs per cycle would dominate the cycle
+        # parsed requests of pending jobs, memoized across cycles by id and (updated_ms, attempt, priority_value,
+        # created_ms): what a request is made of (spec, priority, creation) is set when the job is created and
+        # every lifecycle step stamps updated_ms, while the store revision also moves when only the job's pending
+        # reason is rewritten (which would re-parse thousands of jobs a cycle); parsing 10,000 protobufs per
+        # cycle would dominate the cycle
         self._requests: dict[str, tuple[tuple[int, int, int, int], Request]] = {}
         # per-node best options per request shape, valid while the state object and the mix classes are the
         # same ones (node rows changed since are re-evaluated: ClusterState.changed_since)
@@ -87,7 +90,7 @@ class Scheduler:
         memo: dict[str, tuple[tuple[int, int, int, int], Request]] = {}
         known = self._requests.get
         for job in pending:
-            stamp = (job.revision, job.updated_ms, job.attempt, job.priority_value)
+            stamp = (job.updated_ms, job.attempt, job.priority_value, job.created_ms)
             job_id = job.id
             hit = known(job_id)
             if hit is not None and hit[0] == stamp:

@@ -319,3 +319,30 @@ def test_the_one_node_fragmentation_matches_the_vector_one_on_nodes_short_of_cpu
                 assert frag.score_one(cycle, req, i, mine.col.tolist()) == vec.tolist(), (req.describe(), i)
                 checked += 1
     assert checked > 100
+
+
+def test_requests_are_parsed_once_per_job_version_not_per_reason_rewrite(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpufleet.coordinator.scheduler import scheduler as scheduler_module
+
+    parsed: list[str] = []
+    parse = scheduler_module.request_from_job
+
+    def counting(job: pb.Job) -> object:
+        parsed.append(job.id)
+        return parse(job)
+
+    monkeypatch.setattr(scheduler_module, "request_from_job", counting)
+    st = _fleet(2)
+    sched = Scheduler()
+    jobs = [make_job(f"j{k}", 8, 1000, 1024, created_ms=k) for k in range(5)]
+    sched.schedule(st, jobs, 0)
+    assert len(parsed) == 5
+    for j in jobs:  # the leader rewrote their pending reasons: new store revisions, same jobs
+        j.revision += 7
+        j.message = "needs 8x any GPU on one node; ..."
+    sched.schedule(st, jobs, 1)
+    assert len(parsed) == 5
+    jobs[0].attempt += 1  # a new attempt (requeued): parsed again
+    jobs[1].updated_ms += 5  # any lifecycle step stamps updated_ms
+    sched.schedule(st, jobs, 2)
+    assert parsed[5:] == ["j0", "j1"]
