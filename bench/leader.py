@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.scheduler import fleet, mixed_jobs
+from bench.scheduler import fill_jobs, fleet, mixed_jobs
 from gpufleet.common.clock import FakeClock
 from gpufleet.coordinator.config import AgentsConfig, SchedulingConfig
 from gpufleet.coordinator.leadership import LeaderElector
@@ -138,14 +138,7 @@ async def scenario(rule: str, n_nodes: int, n_pending: int, seed: int) -> list[t
             nodes = fleet(n_nodes)
             for i in range(0, len(nodes), CHUNK):
                 assert await view.commit(nodes=nodes[i : i + CHUNK])
-            cap = 8 * 1000 * n_nodes
-            fill: list[pb.Job] = []
-            want = 0
-            while want < 0.85 * cap:
-                j = mixed_jobs(rng, 1, f"b{len(fill)}-")[0]
-                fill.append(j)
-                want += max(j.spec.resources.gpu_milli, 140) * max(1, j.spec.nodes)
-            await _submit(view, fill, clock.now_ms())
+            await _submit(view, fill_jobs(rng, 8 * 1000 * n_nodes), clock.now_ms())
             loop.trigger()
             await loop.cycle()
             await _submit(view, mixed_jobs(rng, n_pending, "p"), clock.now_ms())

@@ -152,6 +152,17 @@ def mixed_jobs(rng: random.Random, n: int, prefix: str) -> list[pb.Job]:
     return jobs
 
 
+def fill_jobs(rng: random.Random, capacity_milli: int, share: float = 0.85) -> list[pb.Job]:
+    """Mixed jobs asking for about ``share`` of ``capacity_milli`` (a MIG slice counts as 140 milli)."""
+    jobs: list[pb.Job] = []
+    want = 0
+    while want < share * capacity_milli:
+        j = mixed_jobs(rng, 1, f"b{len(jobs)}-")[0]
+        jobs.append(j)
+        want += max(j.spec.resources.gpu_milli, 140) * max(1, j.spec.nodes)
+    return jobs
+
+
 REPEATS = 5  # timings are the best of this many runs: this machine's single-core speed drifts between runs
 
 
@@ -182,13 +193,7 @@ def throughput(n_nodes: int, seed: int) -> None:
         st.upsert_node(n)
     cap = st.capacity_milli()
     sched = Scheduler()
-    # enough work to fill about 85 % of the fleet
-    batch: list[pb.Job] = []
-    want = 0
-    while want < 0.85 * cap:
-        j = mixed_jobs(rng, 1, f"b{len(batch)}-")[0]
-        batch.append(j)
-        want += max(j.spec.resources.gpu_milli, 140) * max(1, j.spec.nodes)
+    batch = fill_jobs(rng, cap)
     print(f"\n(2) Throughput, {n_nodes} nodes x 8 H100 ({n_nodes // 10} nodes with MIG GPUs), one core")
     print("    (wall time on a shared machine includes waiting for a core; CPU time is this process alone)")
     print(f"  reference: a fixed 1M-step Python loop takes {_reference_ms():.0f} ms on this core now")
