@@ -20,14 +20,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import psutil
-import pytest
 
 from gpufleet.common.errors import LEADER_METADATA_KEY
 from gpufleet.proto.v1 import cluster_pb2 as cpb
@@ -341,19 +340,3 @@ def job_spec(command: list[str], *, gpu_milli: int = 1000, name: str = "t", **kw
     spec = pb.JobSpec(name=name, team=kw.pop("team", "ml"), project=kw.pop("project", "p"), command=command, **kw)
     spec.resources.gpu_milli = gpu_milli
     return spec
-
-
-@pytest.fixture
-def fleet_factory(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
-    fleets: list[Fleet] = []
-
-    def make(**kw: Any) -> Fleet:
-        f = Fleet(tmp_path / f"fleet{len(fleets)}", **kw)
-        fleets.append(f)
-        return f
-
-    try:
-        yield make
-    finally:
-        for f in fleets:
-            f.stop_all()

@@ -14,13 +14,13 @@ import pytest
 from gpufleet.common import lifecycle as lc
 from gpufleet.proto.v1 import jobs_pb2 as jpb
 from gpufleet.proto.v1 import types_pb2 as pb
-from tests.helpers.fleet import Fleet, fleet_factory, job_spec  # noqa: F401
+from tests.helpers.fleet import Fleet, job_spec
 
 pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture
-def fleet(fleet_factory: Callable[..., Fleet]) -> Fleet:  # noqa: F811
+def fleet(fleet_factory: Callable[..., Fleet]) -> Fleet:
     f = fleet_factory()
     f.start_coordinator("c1")
     f.start_agent("node-1", gpus="H100-80GB:2")
@@ -300,7 +300,7 @@ def test_job_over_its_gpu_memory_limit_fails_with_the_agents_reason(fleet: Fleet
     assert failed.message
 
 
-def test_finished_jobs_are_removed_after_retention_and_their_cost_stays(fleet_factory: Callable[..., Fleet]) -> None:  # noqa: F811
+def test_finished_jobs_are_removed_after_retention_and_their_cost_stays(fleet_factory: Callable[..., Fleet]) -> None:
     from gpufleet.proto.v1 import cluster_pb2 as cpb
 
     f = fleet_factory(

@@ -17,8 +17,8 @@ from gpufleet.proto.v1 import agent_pb2 as apb
 from gpufleet.proto.v1 import agent_pb2_grpc
 from gpufleet.proto.v1 import jobs_pb2 as jpb
 from gpufleet.proto.v1 import types_pb2 as pb
-from tests.helpers.etcd_server import EtcdServer, etcd_available, fresh_etcd_server  # noqa: F401
-from tests.helpers.fleet import Fleet, fleet_factory, job_spec  # noqa: F401
+from tests.helpers.etcd_server import EtcdServer, etcd_available
+from tests.helpers.fleet import Fleet, job_spec
 
 pytestmark = [
     pytest.mark.etcd,
@@ -67,8 +67,8 @@ def _assert_ran_once(fleet: Fleet, runs: Path, job_ids: list[str], timeout_s: fl
 
 
 def test_follower_redirects_clients_and_agents(
-    fleet_factory: Callable[..., Fleet],  # noqa: F811
-    fresh_etcd_server: EtcdServer,  # noqa: F811
+    fleet_factory: Callable[..., Fleet],
+    fresh_etcd_server: EtcdServer,
 ) -> None:
     fleet = _ha_fleet(fleet_factory, fresh_etcd_server, agents=1)
     leader = fleet.leader_address()
@@ -102,8 +102,8 @@ def _nodes_req() -> object:
 
 
 def test_leader_kill_during_submissions_places_every_job_once(
-    fleet_factory: Callable[..., Fleet],  # noqa: F811
-    fresh_etcd_server: EtcdServer,  # noqa: F811
+    fleet_factory: Callable[..., Fleet],
+    fresh_etcd_server: EtcdServer,
     runs: Path,
 ) -> None:
     # agents may spend a few seconds on the dead leader's address before they find the new one
@@ -135,8 +135,8 @@ def test_leader_kill_during_submissions_places_every_job_once(
 
 
 def test_paused_leader_is_fenced_and_steps_down(
-    fleet_factory: Callable[..., Fleet],  # noqa: F811
-    fresh_etcd_server: EtcdServer,  # noqa: F811
+    fleet_factory: Callable[..., Fleet],
+    fresh_etcd_server: EtcdServer,
     runs: Path,
 ) -> None:
     fleet = _ha_fleet(fleet_factory, fresh_etcd_server, node_timeout_s=10, leader_ttl_s=2)
@@ -165,8 +165,8 @@ def test_paused_leader_is_fenced_and_steps_down(
 
 
 def test_agent_kill_and_restart_keeps_jobs_running(
-    fleet_factory: Callable[..., Fleet],  # noqa: F811
-    fresh_etcd_server: EtcdServer,  # noqa: F811
+    fleet_factory: Callable[..., Fleet],
+    fresh_etcd_server: EtcdServer,
     runs: Path,
 ) -> None:
     fleet = _ha_fleet(
@@ -182,8 +182,8 @@ def test_agent_kill_and_restart_keeps_jobs_running(
 
 
 def test_all_coordinators_down_then_back_reconciles(
-    fleet_factory: Callable[..., Fleet],  # noqa: F811
-    fresh_etcd_server: EtcdServer,  # noqa: F811
+    fleet_factory: Callable[..., Fleet],
+    fresh_etcd_server: EtcdServer,
     runs: Path,
 ) -> None:
     fleet = _ha_fleet(fleet_factory, fresh_etcd_server, node_timeout_s=10)
@@ -200,8 +200,8 @@ def test_all_coordinators_down_then_back_reconciles(
 
 
 def test_node_gone_past_timeout_requeues_its_jobs(
-    fleet_factory: Callable[..., Fleet],  # noqa: F811
-    fresh_etcd_server: EtcdServer,  # noqa: F811
+    fleet_factory: Callable[..., Fleet],
+    fresh_etcd_server: EtcdServer,
     runs: Path,
 ) -> None:
     fleet = _ha_fleet(fleet_factory, fresh_etcd_server, agents=1, node_timeout_s=2)

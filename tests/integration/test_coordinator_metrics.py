@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from gpufleet.common import lifecycle as lc
-from tests.helpers.fleet import Fleet, fleet_factory, job_spec  # noqa: F401
+from tests.helpers.fleet import Fleet, job_spec
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,7 +31,7 @@ def _scrape(port: int) -> dict[str, float]:
     return out
 
 
-def test_leader_exports_fleet_state(fleet_factory: Callable[..., Fleet]) -> None:  # noqa: F811
+def test_leader_exports_fleet_state(fleet_factory: Callable[..., Fleet]) -> None:
     port = _free_port()
     fleet = fleet_factory(
         extra_env={

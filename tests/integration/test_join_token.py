@@ -9,12 +9,12 @@ from collections.abc import Callable
 import pytest
 
 from gpufleet.proto.v1 import nodes_pb2 as npb
-from tests.helpers.fleet import Fleet, fleet_factory  # noqa: F401
+from tests.helpers.fleet import Fleet
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def test_only_agents_with_the_join_token_become_nodes(fleet_factory: Callable[..., Fleet]) -> None:  # noqa: F811
+def test_only_agents_with_the_join_token_become_nodes(fleet_factory: Callable[..., Fleet]) -> None:
     fleet = fleet_factory(extra_env={"GPUFLEET_COORDINATOR__AGENTS__JOIN_TOKEN": "s3cret"})
     fleet.start_coordinator("c1")
     fleet.start_agent("good", gpus="L4:1", extra=["--join-token", "s3cret"])

@@ -14,12 +14,12 @@ from gpufleet.common import lifecycle as lc
 from gpufleet.proto.v1 import nodes_pb2 as npb
 from gpufleet.proto.v1 import types_pb2 as pb
 from tests.fakes.metadata import FakeMetadata
-from tests.helpers.fleet import Fleet, fleet_factory, job_spec  # noqa: F401
+from tests.helpers.fleet import Fleet, job_spec
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def test_spot_notice_drains_the_node_and_the_job_moves(fleet_factory: Callable[..., Fleet], tmp_path: Path) -> None:  # noqa: F811
+def test_spot_notice_drains_the_node_and_the_job_moves(fleet_factory: Callable[..., Fleet], tmp_path: Path) -> None:
     meta = FakeMetadata().start()
     try:
         config = tmp_path / "spot-agent.toml"

@@ -22,6 +22,10 @@ from gpufleet.coordinator.scheduler.request import KIND_FRACTION, KIND_MIG, KIND
 from gpufleet.coordinator.scheduler.state import ClusterState
 
 NEG = np.iinfo(np.int64).min // 4
+# filter and score the nodes of a mask on a (compact) cycle: the surviving options and their total scores
+EvaluateOn = Callable[[CycleState, B], tuple[Candidates, Options, I64] | None]
+# node slot i's best (total score, GPU column) through the plugins' one-node forms; None: filtered out
+EvaluateOne = Callable[[CycleState, int], tuple[int, int] | None]
 # changed nodes up to this many are evaluated one by one in plain Python (``filter_one``/``score_one``): a
 # vector evaluation costs some fifty numpy calls whatever the row count, one node in Python about a third
 ONE_BY_ONE = 6
@@ -83,8 +87,8 @@ class ShapeCache:
         cycle: CycleState,
         key: int,
         req: Request,
-        evaluate_on: Callable[[CycleState, B], tuple[Candidates, Options, I64] | None],
-        evaluate_one: Callable[[CycleState, int], tuple[int, int] | None],
+        evaluate_on: EvaluateOn,
+        evaluate_one: EvaluateOne,
     ) -> tuple[int, int] | None:
         """(node slot, GPU column) of the best option, or None when no node fits.
 
@@ -100,8 +104,8 @@ class ShapeCache:
         cycle: CycleState,
         key: int,
         req: Request,
-        evaluate_on: Callable[[CycleState, B], tuple[Candidates, Options, I64] | None],
-        evaluate_one: Callable[[CycleState, int], tuple[int, int] | None],
+        evaluate_on: EvaluateOn,
+        evaluate_one: EvaluateOne,
     ) -> tuple[I64, I64]:
         """Every node slot's best total score (NEG: the node cannot take it) and its GPU column, as :meth:`best`
         keeps them (read-only views, valid until the next call): what a gang chooses its members from."""
@@ -113,8 +117,8 @@ class ShapeCache:
         cycle: CycleState,
         key: int,
         req: Request,
-        evaluate_on: Callable[[CycleState, B], tuple[Candidates, Options, I64] | None],
-        evaluate_one: Callable[[CycleState, int], tuple[int, int] | None],
+        evaluate_on: EvaluateOn,
+        evaluate_one: EvaluateOne,
     ) -> _Entry:
         st = cycle.state
         n = st.n
@@ -169,7 +173,7 @@ class ShapeCache:
         e: _Entry,
         nodes: list[int],
         fit: list[int],
-        evaluate_one: Callable[[CycleState, int], tuple[int, int] | None],
+        evaluate_one: EvaluateOne,
     ) -> None:
         """Update the changed ``nodes`` (``fit``: those passing :func:`may_fit`) and the best node."""
         one = self._prechecked(cycle)
@@ -193,7 +197,7 @@ class ShapeCache:
         cycle: CycleState,
         e: _Entry,
         idx: I64,
-        evaluate_on: Callable[[CycleState, B], tuple[Candidates, Options, I64] | None],
+        evaluate_on: EvaluateOn,
     ) -> None:
         # filter and score a compact copy of the changed rows (a slice when they are contiguous)
         st = cycle.state

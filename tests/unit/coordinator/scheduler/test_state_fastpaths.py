@@ -14,7 +14,7 @@ import random
 import numpy as np
 import pytest
 
-from gpufleet.coordinator.scheduler import ClusterState, Scheduler, mig_relayout, placement, shape_cache
+from gpufleet.coordinator.scheduler import ClusterState, Plan, Scheduler, mig_relayout, placement, shape_cache
 from gpufleet.coordinator.scheduler import state as state_module
 from gpufleet.coordinator.scheduler.config import SchedulerConfig, TeamQuota
 from gpufleet.coordinator.scheduler.framework import Candidates, CycleState, Options
@@ -172,6 +172,14 @@ def _probes(rng: random.Random, tag: str = "") -> list[pb.Job]:
     return [*out, spread, *_jobs(rng, 10, "r" + tag)]
 
 
+def _assert_same_plan(got: Plan, want: Plan) -> None:
+    """The same placements (jobs, in order, with their devices) and the same reasons for the rest."""
+    assert [(p.job_id, list(p.assignments)) for p in got.placements] == [
+        (p.job_id, list(p.assignments)) for p in want.placements
+    ]
+    assert got.unplaced == want.unplaced
+
+
 def _config() -> SchedulerConfig:
     return SchedulerConfig(quotas={"capped": TeamQuota(per_model={"H100-80GB": (0, 2000), "L4": (0, 500)})})
 
@@ -234,10 +242,7 @@ def test_a_cycle_gives_the_same_plan_with_and_without_one_by_one_evaluation(monk
         vector = Scheduler(config=_config()).schedule(st, queue, 1)
         monkeypatch.undo()
         assert one_by_one.placements, "the cycle placed something"
-        assert [(p.job_id, list(p.assignments)) for p in one_by_one.placements] == [
-            (p.job_id, list(p.assignments)) for p in vector.placements
-        ]
-        assert one_by_one.unplaced == vector.unplaced
+        _assert_same_plan(one_by_one, vector)
 
 
 @pytest.mark.parametrize("log_max", [8, 1 << 16])
@@ -259,10 +264,7 @@ def test_a_scheduler_carrying_its_cache_across_cycles_plans_like_a_fresh_one(
         plan = carried.schedule(st, queue, round_)
         kept += carried._carry is carry
         fresh = Scheduler(config=_config()).schedule(st, queue, round_)
-        assert [(p.job_id, list(p.assignments)) for p in plan.placements] == [
-            (p.job_id, list(p.assignments)) for p in fresh.placements
-        ]
-        assert plan.unplaced == fresh.unplaced
+        _assert_same_plan(plan, fresh)
         by_id = {j.id: j for j in queue}
         for p in plan.placements[:3]:  # bind a few (the mix stays put, so the cache is carried), some jobs end
             st.bind(placed(by_id[p.job_id], p.assignments))
@@ -280,10 +282,7 @@ def test_the_shape_cache_plans_what_evaluating_the_whole_fleet_for_every_job_pla
         cached = Scheduler(config=_config()).schedule(st, queue, round_)
         plain = Scheduler(uncached, config=_config()).schedule(st, queue, round_)
         assert any(len(p.assignments) > 1 for p in cached.placements) or round_, "a gang was placed"
-        assert [(p.job_id, list(p.assignments)) for p in cached.placements] == [
-            (p.job_id, list(p.assignments)) for p in plain.placements
-        ]
-        assert cached.unplaced == plain.unplaced
+        _assert_same_plan(cached, plain)
         by_id = {j.id: j for j in queue}
         for p in cached.placements:
             st.bind(placed(by_id[p.job_id], p.assignments))
